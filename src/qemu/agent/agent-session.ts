@@ -1,0 +1,318 @@
+import net from 'node:net';
+import {
+  AbortedError,
+  AgentDisconnectedError,
+  AgentTimeoutError,
+  EvolvmError,
+  GuestOperationError,
+  GuestProtocolViolationError,
+} from '../../errors.js';
+import { sleep } from '../../util/deadline.js';
+import { FrameDecoder, MAX_FRAME_BYTES } from './frame-decoder.js';
+import { encodeFrame } from './frame-encoder.js';
+import { parseGuestMessage, parseHello, PROTOCOL_VERSION, type GuestHello, type GuestMessage } from './messages.js';
+
+export type ChunkStream = 'stdout' | 'stderr' | 'data';
+
+export interface RequestOptions {
+  /** Bound on this request; defaults to the session's. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  /** Receives streamed output before the reply. */
+  onChunk?: (stream: ChunkStream, data: Uint8Array) => void;
+}
+
+export interface AgentSessionOptions {
+  socketPath: string;
+  /** Bound on connecting and on the first hello. */
+  helloTimeoutMs: number;
+  /** Default bound on one request. */
+  requestTimeoutMs: number;
+  signal?: AbortSignal;
+  maxFrameBytes?: number;
+  /**
+   * Decides the error pending requests get when the channel closes (the machine knows whether QEMU died).
+   * Defaults to {@link AgentDisconnectedError}.
+   */
+  closeReason?: () => Promise<EvolvmError>;
+}
+
+interface Pending {
+  op: string;
+  resolve: (value: unknown) => void;
+  reject: (error: Error) => void;
+  onChunk: RequestOptions['onChunk'];
+  cleanup: () => void;
+}
+
+type SessionState = 'running' | 'closed';
+
+/**
+ * A request/reply session with the guest agent over the virtio-serial socket. Owns the socket and the
+ * pending requests: ids are never reused, replies to unknown ids are dropped, every request is bounded in
+ * time, and every pending request fails when the channel closes, a restore invalidates it, or the guest
+ * breaks the protocol.
+ */
+export class AgentSession {
+  #state: SessionState = 'running';
+  #hello: GuestHello;
+  #nextId = 1;
+  readonly #pending = new Map<number, Pending>();
+  readonly #socket: net.Socket;
+  readonly #decoder: FrameDecoder;
+  readonly #options: AgentSessionOptions;
+  #failure: EvolvmError | undefined;
+  readonly closed: Promise<void>;
+  #markClosed!: () => void;
+
+  private constructor(socket: net.Socket, decoder: FrameDecoder, hello: GuestHello, options: AgentSessionOptions) {
+    this.#socket = socket;
+    this.#decoder = decoder;
+    this.#hello = hello;
+    this.#options = options;
+    this.closed = new Promise((resolve) => (this.#markClosed = resolve));
+    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
+    socket.on('error', () => {});
+    socket.on('close', () => void this.#onClose());
+    socket.resume();
+  }
+
+  /**
+   * Connects to the agent socket (retrying until QEMU has created it) and waits for the guest's hello.
+   * @throws {AgentTimeoutError} when no hello arrives within `helloTimeoutMs`.
+   * @throws {GuestProtocolViolationError} when the guest's first frame is not a valid hello.
+   * @throws {AbortedError} when `signal` fires.
+   */
+  static async connect(options: AgentSessionOptions): Promise<AgentSession> {
+    const deadline = Date.now() + options.helloTimeoutMs;
+    const socket = await connectWithRetry(options.socketPath, deadline, options.signal);
+    const decoder = new FrameDecoder(options.maxFrameBytes ?? MAX_FRAME_BYTES);
+    try {
+      const first = await readFirstFrame(socket, decoder, deadline, options);
+      const message = parseGuestMessage(first.message);
+      if (message.t !== 'hello') throw new GuestProtocolViolationError(`expected hello, got ${message.t}`);
+      if (message.hello.v !== PROTOCOL_VERSION) {
+        throw new GuestProtocolViolationError(`guest speaks protocol ${message.hello.v}, host ${PROTOCOL_VERSION}`);
+      }
+      const session = new AgentSession(socket, decoder, message.hello, options);
+      for (const raw of first.rest) session.#dispatch(raw);
+      return session;
+    } catch (error) {
+      socket.destroy();
+      throw error;
+    }
+  }
+
+  /** The guest's latest hello. */
+  get hello(): GuestHello {
+    return this.#hello;
+  }
+
+  get state(): SessionState {
+    return this.#state;
+  }
+
+  /** Requests in flight. */
+  get pendingCount(): number {
+    return this.#pending.size;
+  }
+
+  /**
+   * Sends one request and waits for its reply.
+   * @throws {AgentTimeoutError} when no reply arrives within the bound (a late reply is dropped).
+   * @throws {GuestOperationError} when the guest answers with an error.
+   * @throws {AgentDisconnectedError} or the machine's close reason when the channel is lost.
+   * @throws {AbortedError} when `signal` fires.
+   */
+  request(op: string, args: Record<string, unknown> = {}, options: RequestOptions = {}): Promise<unknown> {
+    if (this.#state !== 'running') {
+      return Promise.reject(this.#failure ?? new AgentDisconnectedError(op, 'session closed'));
+    }
+    if (options.signal?.aborted) return Promise.reject(new AbortedError(op, { cause: options.signal.reason }));
+    const id = this.#nextId++;
+    let frame: Buffer;
+    try {
+      frame = encodeFrame({ t: 'req', id, op, a: args }, this.#options.maxFrameBytes);
+    } catch (error) {
+      return Promise.reject(new GuestOperationError(op, 'TOO_LARGE', (error as Error).message, { cause: error }));
+    }
+    const timeoutMs = options.timeoutMs ?? this.#options.requestTimeoutMs;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => this.#settle(id, new AgentTimeoutError(op, timeoutMs)), timeoutMs);
+      const onAbort = () => this.#settle(id, new AbortedError(op, { cause: options.signal?.reason }));
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+      this.#pending.set(id, {
+        op,
+        resolve,
+        reject,
+        onChunk: options.onChunk,
+        cleanup: () => {
+          clearTimeout(timer);
+          options.signal?.removeEventListener('abort', onAbort);
+        },
+      });
+      this.#socket.write(frame);
+    });
+  }
+
+  /**
+   * Called after the VM's memory was restored from a snapshot: fails every pending request (their replies
+   * belong to a timeline that no longer exists) and asks the guest for a fresh hello.
+   * @throws {AgentTimeoutError} when the restored guest does not answer.
+   */
+  async resync(reason: string, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<GuestHello> {
+    this.failPending(new AgentDisconnectedError(undefined, reason));
+    const value = await this.request('hello', {}, options);
+    this.#hello = parseHello(value);
+    return this.#hello;
+  }
+
+  /** Rejects every pending request with `error`; the session stays open. */
+  failPending(error: Error): void {
+    for (const id of [...this.#pending.keys()]) this.#settle(id, error);
+  }
+
+  /** Closes the channel; pending requests fail with `error` (default: session closed). Idempotent. */
+  close(error?: EvolvmError): void {
+    if (this.#state === 'closed') return;
+    this.#fail(error ?? new AgentDisconnectedError(undefined, 'session closed'));
+    this.#socket.destroy();
+  }
+
+  #onData(chunk: Buffer): void {
+    if (this.#state !== 'running') return;
+    let frames: Record<string, unknown>[];
+    try {
+      frames = this.#decoder.push(chunk);
+    } catch (error) {
+      this.#violation(error);
+      return;
+    }
+    for (const raw of frames) {
+      if (this.#state !== 'running') return;
+      this.#dispatch(raw);
+    }
+  }
+
+  #dispatch(raw: Record<string, unknown>): void {
+    let message: GuestMessage;
+    try {
+      message = parseGuestMessage(raw);
+    } catch (error) {
+      this.#violation(error);
+      return;
+    }
+    switch (message.t) {
+      case 'hello':
+        this.#hello = message.hello;
+        return;
+      case 'chunk':
+        this.#pending.get(message.id)?.onChunk?.(message.s, message.d);
+        return;
+      case 'res': {
+        const pending = this.#pending.get(message.id);
+        if (!pending) return; // a reply to a timed-out, aborted or pre-restore request
+        if (message.ok) this.#settle(message.id, undefined, message.v);
+        else this.#settle(message.id, new GuestOperationError(pending.op, message.e.code, message.e.msg));
+        return;
+      }
+    }
+  }
+
+  #settle(id: number, error: Error | undefined, value?: unknown): void {
+    const pending = this.#pending.get(id);
+    if (!pending) return;
+    this.#pending.delete(id);
+    pending.cleanup();
+    if (error) pending.reject(error);
+    else pending.resolve(value);
+  }
+
+  #violation(error: unknown): void {
+    const violation =
+      error instanceof GuestProtocolViolationError
+        ? error
+        : new GuestProtocolViolationError(String((error as Error)?.message ?? error), { cause: error });
+    this.#fail(violation);
+    this.#socket.destroy();
+  }
+
+  async #onClose(): Promise<void> {
+    if (this.#state === 'closed') return;
+    const error = this.#options.closeReason
+      ? await this.#options.closeReason().catch(
+          (cause: unknown) => new AgentDisconnectedError(undefined, 'socket closed', { cause }),
+        )
+      : new AgentDisconnectedError(undefined, 'socket closed');
+    this.#fail(error);
+  }
+
+  #fail(error: EvolvmError): void {
+    if (this.#state === 'closed') return;
+    this.#state = 'closed';
+    this.#failure = error;
+    this.failPending(error);
+    this.#markClosed();
+  }
+}
+
+async function connectWithRetry(path: string, deadline: number, signal: AbortSignal | undefined): Promise<net.Socket> {
+  for (;;) {
+    if (signal?.aborted) throw new AbortedError('agent connect', { cause: signal.reason });
+    try {
+      return await new Promise<net.Socket>((resolve, reject) => {
+        const socket = net.createConnection(path);
+        socket.once('connect', () => {
+          socket.removeAllListeners('error');
+          resolve(socket);
+        });
+        socket.once('error', reject);
+      });
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || Date.now() >= deadline) {
+        throw new AgentTimeoutError('connect', Math.max(0, deadline - Date.now()), { cause: error });
+      }
+      await sleep(10, signal, 'agent connect');
+    }
+  }
+}
+
+/** Waits for the first complete frame; returns it plus any frames that arrived in the same chunks. */
+function readFirstFrame(
+  socket: net.Socket,
+  decoder: FrameDecoder,
+  deadline: number,
+  options: AgentSessionOptions,
+): Promise<{ message: Record<string, unknown>; rest: Record<string, unknown>[] }> {
+  return new Promise((resolve, reject) => {
+    const finish = (error?: Error, frames?: Record<string, unknown>[]) => {
+      clearTimeout(timer);
+      // Paused until the session attaches its own reader, so no byte is dropped in between.
+      socket.pause();
+      socket.off('data', onData);
+      socket.off('close', onClose);
+      options.signal?.removeEventListener('abort', onAbort);
+      if (error) reject(error);
+      else resolve({ message: frames![0]!, rest: frames!.slice(1) });
+    };
+    const onData = (chunk: Buffer) => {
+      try {
+        const frames = decoder.push(chunk);
+        if (frames.length > 0) finish(undefined, frames);
+      } catch (error) {
+        finish(error as Error);
+      }
+    };
+    const onClose = () =>
+      void (options.closeReason?.() ?? Promise.resolve(new AgentDisconnectedError('hello', 'socket closed'))).then(
+        (error) => finish(error),
+        (error: unknown) => finish(error as Error),
+      );
+    const onAbort = () => finish(new AbortedError('agent hello', { cause: options.signal?.reason }));
+    const timer = setTimeout(() => finish(new AgentTimeoutError('hello', options.helloTimeoutMs)), Math.max(0, deadline - Date.now()));
+    socket.on('data', onData);
+    socket.once('close', onClose);
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}

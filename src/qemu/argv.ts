@@ -1,0 +1,55 @@
+import type { MachineConfig } from './config.js';
+import type { RunPaths } from './run-paths.js';
+
+/** The virtio-serial port name the guest agent looks for (guest/PROTOCOL.md). */
+export const AGENT_PORT_NAME = 'org.evolvm.agent';
+/** The block node that holds in-VM snapshots (snapshot jobs name nodes, not drives: QEMU-NOTES pitfall 2). */
+export const SCRATCH_NODE = 'scratch0';
+
+/**
+ * The kernel command line evolvm always passes. `init_on_free=1` zeroes freed pages so snapshots skip them;
+ * `panic=-1` with `-no-reboot` turns a guest panic into a QEMU exit the host sees.
+ */
+export function baseKernelCmdline(machine: MachineConfig['machine']): string {
+  const console = 'console=ttyS0';
+  const common = 'quiet loglevel=1 panic=-1 init_on_free=1 tsc=reliable no_timer_check';
+  return machine === 'microvm' ? `${console} ${common} reboot=t` : `${console} ${common}`;
+}
+
+export interface QemuLaunch {
+  readonly config: MachineConfig;
+  readonly kernel: string;
+  readonly initrd: string;
+  readonly accelerators: ReadonlyArray<'kvm' | 'tcg'>;
+  readonly paths: RunPaths;
+  /** Start paused, waiting for `migrate-incoming` (restoring from a file). */
+  readonly incoming?: boolean;
+}
+
+/** Builds the qemu-system argv for one machine. Pure: no I/O, same input → same output. */
+export function buildQemuArgv(launch: QemuLaunch): string[] {
+  const { config, paths } = launch;
+  const microvm = config.machine === 'microvm';
+  // microvm has no PCI bus: its virtio devices sit on virtio-mmio.
+  const bus = microvm ? 'device' : 'pci';
+  const cmdline = [baseKernelCmdline(config.machine), config.cmdline].filter((part) => part.length > 0).join(' ');
+  const argv = [
+    '-machine', microvm ? 'microvm,pit=off,pic=off,isa-serial=on,rtc=on' : 'q35',
+    ...launch.accelerators.flatMap((accel) => ['-accel', accel]),
+    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+    '-m', String(config.memoryMiB),
+    '-smp', String(config.cpus),
+    '-kernel', launch.kernel,
+    '-initrd', launch.initrd,
+    '-append', cmdline,
+    '-serial', `file:${paths.consoleLog}`,
+    '-qmp', `unix:${paths.qmpSocket},server=on,wait=off`,
+    '-device', `virtio-serial-${bus},id=vser0`,
+    '-chardev', `socket,id=agent,path=${paths.agentSocket},server=on,wait=off`,
+    '-device', `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
+    '-drive', `if=none,id=scratch,node-name=${SCRATCH_NODE},file=${paths.scratchDisk},format=qcow2,cache=unsafe,discard=unmap`,
+    '-device', `virtio-blk-${bus},drive=scratch`,
+  ];
+  if (launch.incoming) argv.push('-incoming', 'defer');
+  return argv;
+}

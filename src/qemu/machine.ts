@@ -1,0 +1,324 @@
+import { randomUUID } from 'node:crypto';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AbortedError, AgentDisconnectedError, EvolvmError, QemuExitedError } from '../errors.js';
+import { CleanupStack } from '../util/cleanup-stack.js';
+import { kvmUsable, resolveAccelerators } from './accel.js';
+import { AgentSession, type RequestOptions } from './agent/agent-session.js';
+import {
+  execInGuest,
+  readGuestFile,
+  reseedGuestRng,
+  syncGuestClock,
+  writeGuestFile,
+  type ExecOptions,
+  type ExecResult,
+  type FileReadOptions,
+  type FileWriteOptions,
+} from './agent/guest-ops.js';
+import type { GuestHello } from './agent/messages.js';
+import { buildQemuArgv } from './argv.js';
+import { parseMachineConfig, type MachineConfig, type MachineConfigInput } from './config.js';
+import { resolveGuestImage, type GuestImage } from './guest-image.js';
+import { Lifecycle, type LifecycleState } from './lifecycle.js';
+import { QemuProcess } from './qemu-process.js';
+import { QmpClient } from './qmp/index.js';
+import { createScratchDisk } from './scratch-disk.js';
+import { runPaths, type RunPaths } from './run-paths.js';
+
+/** How long the agent channel waits for the process exit that probably caused its close. */
+const EXIT_ATTRIBUTION_MS = 1_500;
+
+export interface BootOptions {
+  signal?: AbortSignal;
+}
+
+/** Everything a started machine is made of; handed from the start-up steps to the {@link Machine}. */
+interface MachineParts {
+  readonly id: string;
+  readonly config: MachineConfig;
+  readonly image: GuestImage;
+  readonly paths: RunPaths;
+  readonly process: QemuProcess;
+  readonly qmp: QmpClient;
+  readonly agent: AgentSession;
+  readonly cleanup: CleanupStack;
+  readonly lifecycle: Lifecycle;
+}
+
+/**
+ * One running QEMU guest, driven over QMP and the guest agent.
+ *
+ * @example
+ * ```ts
+ * await using vm = await Machine.boot({ memoryMiB: 128 });
+ * const { stdout } = await vm.exec(['uname', '-a']);
+ * ```
+ */
+export class Machine implements AsyncDisposable {
+  readonly id: string;
+  readonly config: MachineConfig;
+  readonly image: GuestImage;
+  readonly paths: RunPaths;
+  /** The QMP session (advanced use: snapshots, migration). */
+  readonly qmp: QmpClient;
+  /** The run-time lifecycle; refuses operations the current state does not allow. */
+  readonly lifecycle: Lifecycle;
+  readonly #process: QemuProcess;
+  readonly #cleanup: CleanupStack;
+  #agent: AgentSession;
+  #exitError: QemuExitedError | undefined;
+  readonly #exitListeners = new Set<(error: QemuExitedError) => void>();
+  #stopping: Promise<void> | undefined;
+
+  private constructor(parts: MachineParts) {
+    this.id = parts.id;
+    this.config = parts.config;
+    this.image = parts.image;
+    this.paths = parts.paths;
+    this.qmp = parts.qmp;
+    this.lifecycle = parts.lifecycle;
+    this.#process = parts.process;
+    this.#cleanup = parts.cleanup;
+    this.#agent = parts.agent;
+    void this.#process.exited.then(() => this.#onExit());
+  }
+
+  /**
+   * Boots a fresh guest: run directory → scratch disk → QEMU → QMP → agent hello. A failure at any step
+   * releases what the earlier steps created, at once.
+   * @throws {ConfigInvalidError} for invalid options.
+   * @throws {GuestNotBuiltError} when the kernel or initramfs is missing.
+   * @throws {QemuNotFoundError} when the QEMU binary is missing.
+   * @throws {QemuExitedError} when QEMU exits before the guest is ready.
+   * @throws {AgentTimeoutError} when the guest never says hello within `bootTimeoutMs`.
+   * @throws {AbortedError} when `options.signal` fires.
+   */
+  static async boot(input: MachineConfigInput = {}, options: BootOptions = {}): Promise<Machine> {
+    const config = parseMachineConfig(input);
+    const image = resolveGuestImage(config.kernel, config.initrd);
+    const cleanup = new CleanupStack();
+    try {
+      const paths = await createRunDir(config, cleanup);
+      await createScratchDisk(config.qemuBinary, paths.scratchDisk, config.scratchDiskMiB);
+      const process = spawnQemu(config, image, paths, cleanup);
+      const lifecycle = new Lifecycle();
+      const started = await raceExit(process, 'boot', connectChannels(config, paths, process, cleanup, options.signal));
+      lifecycle.send({ type: 'BOOTED' });
+      return new Machine({ id: randomUUID(), config, image, paths, process, lifecycle, cleanup, ...started });
+    } catch (error) {
+      await cleanup.dispose();
+      throw error;
+    }
+  }
+
+  /** The agent session (advanced use: the snapshot layer resyncs it after a restore). */
+  get agent(): AgentSession {
+    return this.#agent;
+  }
+
+  /** The run-time lifecycle state. */
+  get state(): LifecycleState {
+    return this.lifecycle.state;
+  }
+
+  /** What the guest agent reported about itself in its latest hello. */
+  get hello(): GuestHello {
+    return this.#agent.hello;
+  }
+
+  /** The QEMU process id. */
+  get pid(): number {
+    return this.#process.pid;
+  }
+
+  /** Set once QEMU has exited without being asked to. */
+  get exitError(): QemuExitedError | undefined {
+    return this.#exitError;
+  }
+
+  /**
+   * Runs a command in the guest.
+   * @throws {OperationNotAllowedError} when the machine is not running (saving, restoring, stopped).
+   * @throws {QemuExitedError} when QEMU exits during the call.
+   * @throws {AgentTimeoutError}, {@link GuestOperationError}, {@link AbortedError}.
+   */
+  async exec(argv: readonly string[], options: ExecOptions = {}): Promise<ExecResult> {
+    this.assertGuestIo('exec');
+    return execInGuest(this.#agent, argv, options);
+  }
+
+  /**
+   * Writes a file in the guest (streamed in 1 MiB requests).
+   * @throws {GuestOperationError} with the guest's errno name; see {@link exec} for the rest.
+   */
+  async writeFile(path: string, data: string | Uint8Array, options: FileWriteOptions = {}): Promise<void> {
+    this.assertGuestIo('writeFile');
+    await writeGuestFile(this.#agent, path, data, options);
+  }
+
+  /**
+   * Reads a file from the guest (streamed in chunks).
+   * @throws {GuestOperationError} `ENOENT` for a missing file; see {@link exec} for the rest.
+   */
+  async readFile(path: string, options: FileReadOptions = {}): Promise<Buffer> {
+    this.assertGuestIo('readFile');
+    return readGuestFile(this.#agent, path, options);
+  }
+
+  /**
+   * One agent round trip.
+   * @throws see {@link exec}.
+   */
+  async ping(options: RequestOptions = {}): Promise<void> {
+    this.assertGuestIo('ping');
+    await this.#agent.request('ping', {}, options);
+  }
+
+  /**
+   * Sets the guest clock to the host's and reseeds its RNG: what every restored guest needs.
+   * @throws see {@link exec}.
+   */
+  async refreshIdentity(options: RequestOptions = {}): Promise<void> {
+    this.assertGuestIo('refreshIdentity');
+    await Promise.all([syncGuestClock(this.#agent, options), reseedGuestRng(this.#agent, options)]);
+  }
+
+  /**
+   * Checks that guest I/O is allowed now.
+   * @throws {QemuExitedError} when QEMU has died; {@link OperationNotAllowedError} when the state forbids it.
+   */
+  assertGuestIo(operation: string): void {
+    if (this.#exitError) throw this.#exitError;
+    this.lifecycle.assert('guest-io', operation);
+  }
+
+  /** Calls `listener` once if QEMU exits without being asked to. Returns an unsubscribe function. */
+  onUnexpectedExit(listener: (error: QemuExitedError) => void): () => void {
+    if (this.#exitError) {
+      listener(this.#exitError);
+      return () => {};
+    }
+    this.#exitListeners.add(listener);
+    return () => this.#exitListeners.delete(listener);
+  }
+
+  /**
+   * Stops QEMU (QMP `quit`, then SIGTERM/SIGKILL if it lingers) and removes the run directory. Idempotent.
+   */
+  stop(): Promise<void> {
+    this.#stopping ??= this.#stop();
+    return this.#stopping;
+  }
+
+  /** Kills QEMU at once with SIGKILL (for tests of crash handling and for emergencies), then cleans up. */
+  async kill(): Promise<void> {
+    this.lifecycle.trySend({ type: 'STOP' });
+    await this.#process.killNow();
+    await this.stop();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+
+  async #stop(): Promise<void> {
+    this.lifecycle.trySend({ type: 'STOP' });
+    if (!this.#process.exitInfo) {
+      this.#agent.close();
+      await this.qmp.execute('quit', {}, { timeoutMs: 2_000 }).catch(() => {});
+      const exited = await Promise.race([this.#process.exited, delay(this.config.killGraceMs)]);
+      if (!exited) await this.#process.kill();
+    }
+    await this.#cleanup.dispose();
+  }
+
+  #onExit(): void {
+    const info = this.#process.exitInfo!;
+    const expected = this.lifecycle.state === 'stopping' || this.lifecycle.state === 'stopped';
+    this.lifecycle.trySend({ type: 'EXITED' });
+    if (expected) return;
+    this.#exitError = new QemuExitedError(info.exitCode, info.signal, this.#process.diagnosticTail());
+    this.#agent.close(this.#exitError);
+    for (const listener of this.#exitListeners) listener(this.#exitError);
+    this.#exitListeners.clear();
+    // The process is gone; release sockets and the run directory now rather than at stop().
+    void this.stop();
+  }
+}
+
+async function createRunDir(config: MachineConfig, cleanup: CleanupStack): Promise<RunPaths> {
+  const parent = config.runDir ?? tmpdir();
+  await mkdir(parent, { recursive: true });
+  const dir = await mkdtemp(join(parent, 'evolvm-'));
+  cleanup.defer('run directory', () => rm(dir, { recursive: true, force: true }));
+  return runPaths(dir);
+}
+
+function spawnQemu(config: MachineConfig, image: GuestImage, paths: RunPaths, cleanup: CleanupStack): QemuProcess {
+  const argv = buildQemuArgv({
+    config,
+    kernel: image.kernel,
+    initrd: image.initrd,
+    accelerators: resolveAccelerators(config.accel, kvmUsable()),
+    paths,
+  });
+  const process = QemuProcess.spawn(config.qemuBinary, argv, { consoleLog: paths.consoleLog, killGraceMs: config.killGraceMs });
+  cleanup.defer('qemu process', () => process.kill());
+  return process;
+}
+
+async function connectChannels(
+  config: MachineConfig,
+  paths: RunPaths,
+  process: QemuProcess,
+  cleanup: CleanupStack,
+  signal: AbortSignal | undefined,
+): Promise<{ qmp: QmpClient; agent: AgentSession }> {
+  const qmpPromise = QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal });
+  const agentPromise = AgentSession.connect({
+    socketPath: paths.agentSocket,
+    helloTimeoutMs: config.bootTimeoutMs,
+    requestTimeoutMs: config.agentTimeoutMs,
+    signal,
+    closeReason: () => exitReason(process),
+  });
+  // Register each channel's cleanup as soon as it exists, even if the other one fails.
+  const [qmp, agent] = await Promise.allSettled([qmpPromise, agentPromise]);
+  if (qmp.status === 'fulfilled') cleanup.defer('qmp', () => qmp.value.close());
+  if (agent.status === 'fulfilled') cleanup.defer('agent', () => agent.value.close());
+  if (qmp.status === 'rejected') throw qmp.reason;
+  if (agent.status === 'rejected') throw agent.reason;
+  return { qmp: qmp.value, agent: agent.value };
+}
+
+/** The error for a lost agent channel: QEMU's exit when it exited, else a plain disconnect. */
+async function exitReason(process: QemuProcess): Promise<EvolvmError> {
+  const info = await Promise.race([process.exited, delay(EXIT_ATTRIBUTION_MS)]);
+  if (info) return new QemuExitedError(info.exitCode, info.signal, process.diagnosticTail());
+  return new AgentDisconnectedError(undefined, 'agent socket closed while QEMU kept running');
+}
+
+/** Rejects with {@link QemuExitedError} if QEMU exits before `work` settles. */
+async function raceExit<T>(process: QemuProcess, during: string, work: Promise<T>): Promise<T> {
+  const exited = process.exited.then((info) => {
+    throw new QemuExitedError(info.exitCode, info.signal, process.diagnosticTail(), { during });
+  });
+  exited.catch(() => {});
+  try {
+    return await Promise.race([work, exited]);
+  } catch (error) {
+    // Both may fail (the exit closes the sockets); the exit is the real cause.
+    if (process.exitInfo && !(error instanceof QemuExitedError) && !(error instanceof AbortedError)) {
+      const info = process.exitInfo;
+      throw new QemuExitedError(info.exitCode, info.signal, process.diagnosticTail(), { during, cause: error });
+    }
+    work.catch(() => {});
+    throw error;
+  }
+}
+
+function delay(ms: number): Promise<undefined> {
+  return new Promise((resolve) => setTimeout(() => resolve(undefined), ms).unref());
+}

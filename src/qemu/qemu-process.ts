@@ -1,0 +1,125 @@
+import { accessSync, constants, openSync, readSync, closeSync, fstatSync } from 'node:fs';
+import { delimiter, join } from 'node:path';
+import { execa, type ResultPromise } from 'execa';
+import { QemuNotFoundError } from '../errors.js';
+
+export interface ExitInfo {
+  readonly exitCode: number | null;
+  readonly signal: string | null;
+}
+
+const STDERR_TAIL_BYTES = 8 * 1024;
+
+/**
+ * Finds an executable the way a shell would: a path is checked as is, a bare name is looked up in PATH.
+ * @throws {QemuNotFoundError} when nothing executable is found.
+ */
+export function resolveExecutable(binary: string, env: NodeJS.ProcessEnv = process.env): string {
+  const candidates = binary.includes('/') ? [binary] : (env.PATH ?? '').split(delimiter).filter(Boolean).map((dir) => join(dir, binary));
+  for (const candidate of candidates) {
+    try {
+      accessSync(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // try the next one
+    }
+  }
+  throw new QemuNotFoundError(binary);
+}
+
+/**
+ * The QEMU child process. Owned through execa: killed with SIGTERM then SIGKILL after a grace delay, and
+ * killed when the Node process exits. Its serial console goes to a file; the tails of that file and of
+ * stderr explain an unexpected exit.
+ */
+export class QemuProcess {
+  readonly pid: number;
+  /** Resolves (never rejects) when the process has exited. */
+  readonly exited: Promise<ExitInfo>;
+  #exitInfo: ExitInfo | undefined;
+  #stderrTail = '';
+  readonly #child: ResultPromise;
+  readonly #consoleLog: string;
+
+  private constructor(child: ResultPromise, consoleLog: string) {
+    this.#child = child;
+    this.#consoleLog = consoleLog;
+    this.pid = child.pid!;
+    child.stderr?.setEncoding('utf8');
+    child.stderr?.on('data', (text: string) => {
+      this.#stderrTail = (this.#stderrTail + text).slice(-STDERR_TAIL_BYTES);
+    });
+    this.exited = child.then(
+      (result) => {
+        this.#exitInfo = { exitCode: result.exitCode ?? null, signal: result.signal ?? null };
+        return this.#exitInfo;
+      },
+      () => {
+        this.#exitInfo = { exitCode: null, signal: null };
+        return this.#exitInfo;
+      },
+    );
+  }
+
+  /**
+   * Spawns QEMU.
+   * @throws {QemuNotFoundError} when the binary is missing or not executable.
+   */
+  static spawn(binary: string, argv: readonly string[], options: { consoleLog: string; killGraceMs: number }): QemuProcess {
+    const executable = resolveExecutable(binary);
+    const child = execa(executable, argv, {
+      stdin: 'ignore',
+      stdout: 'ignore',
+      stderr: 'pipe',
+      buffer: false,
+      reject: false,
+      cleanup: true,
+      forceKillAfterDelay: options.killGraceMs,
+      env: { LC_ALL: 'C' },
+    });
+    if (child.pid === undefined) throw new QemuNotFoundError(binary);
+    return new QemuProcess(child, options.consoleLog);
+  }
+
+  /** The exit status once the process has exited, else undefined. */
+  get exitInfo(): ExitInfo | undefined {
+    return this.#exitInfo;
+  }
+
+  /** The end of the guest console and of QEMU's stderr, for error messages. */
+  diagnosticTail(bytes = 4096): string {
+    const console = readTail(this.#consoleLog, bytes);
+    const stderr = this.#stderrTail.trim();
+    return [console.trim() && `console:\n${console.trim()}`, stderr && `qemu stderr:\n${stderr.slice(-bytes)}`]
+      .filter(Boolean)
+      .join('\n');
+  }
+
+  /** SIGTERM, then SIGKILL after the grace delay; resolves once the process is gone. */
+  async kill(): Promise<ExitInfo> {
+    if (!this.#exitInfo) this.#child.kill('SIGTERM');
+    return this.exited;
+  }
+
+  /** SIGKILL at once. */
+  async killNow(): Promise<ExitInfo> {
+    if (!this.#exitInfo) this.#child.kill('SIGKILL');
+    return this.exited;
+  }
+}
+
+function readTail(path: string, bytes: number): string {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, 'r');
+    const size = fstatSync(fd).size;
+    const length = Math.min(bytes, size);
+    const buffer = Buffer.alloc(length);
+    readSync(fd, buffer, 0, length, size - length);
+    return buffer.toString('utf8');
+  } catch {
+    return '';
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}

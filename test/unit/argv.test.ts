@@ -1,0 +1,88 @@
+import { describe, expect, it } from 'vitest';
+import { resolveAccelerators } from '../../src/qemu/accel.js';
+import { AGENT_PORT_NAME, buildQemuArgv, SCRATCH_NODE } from '../../src/qemu/argv.js';
+import { parseMachineConfig } from '../../src/qemu/config.js';
+import { runPaths } from '../../src/qemu/run-paths.js';
+
+const paths = runPaths('/run/evolvm-x');
+
+function argvFor(config: Record<string, unknown>, extra: { incoming?: boolean; accelerators?: Array<'kvm' | 'tcg'> } = {}): string[] {
+  return buildQemuArgv({
+    config: parseMachineConfig(config),
+    kernel: '/g/vmlinux',
+    initrd: '/g/initramfs.cpio',
+    accelerators: extra.accelerators ?? ['tcg'],
+    paths,
+    incoming: extra.incoming,
+  });
+}
+
+function valueAfter(argv: string[], flag: string): string[] {
+  return argv.flatMap((arg, i) => (arg === flag ? [argv[i + 1]!] : []));
+}
+
+describe('buildQemuArgv', () => {
+  it('is pure: the same input gives the same argv', () => {
+    expect(argvFor({})).toEqual(argvFor({}));
+  });
+
+  it('builds a q35 machine with memory, cpus, kernel and initrd', () => {
+    const argv = argvFor({ memoryMiB: 256, cpus: 2 });
+    expect(valueAfter(argv, '-machine')).toEqual(['q35']);
+    expect(valueAfter(argv, '-m')).toEqual(['256']);
+    expect(valueAfter(argv, '-smp')).toEqual(['2']);
+    expect(valueAfter(argv, '-kernel')).toEqual(['/g/vmlinux']);
+    expect(valueAfter(argv, '-initrd')).toEqual(['/g/initramfs.cpio']);
+    expect(argv).toContain('-nodefaults');
+    expect(argv).toContain('-no-reboot');
+  });
+
+  it('wires QMP, the console and the agent port to the run directory', () => {
+    const argv = argvFor({});
+    expect(valueAfter(argv, '-qmp')).toEqual([`unix:${paths.qmpSocket},server=on,wait=off`]);
+    expect(valueAfter(argv, '-serial')).toEqual([`file:${paths.consoleLog}`]);
+    expect(valueAfter(argv, '-chardev')[0]).toContain(`path=${paths.agentSocket}`);
+    expect(valueAfter(argv, '-device')).toContain(`virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`);
+  });
+
+  it('puts the scratch disk on a named node with cache=unsafe', () => {
+    const drive = valueAfter(argvFor({}), '-drive')[0]!;
+    expect(drive).toContain(`node-name=${SCRATCH_NODE}`);
+    expect(drive).toContain('cache=unsafe');
+    expect(drive).toContain(`file=${paths.scratchDisk}`);
+  });
+
+  it('appends the extra cmdline after the base one', () => {
+    const append = valueAfter(argvFor({ cmdline: 'evolvm.agent=0' }), '-append')[0]!;
+    expect(append.startsWith('console=ttyS0')).toBe(true);
+    expect(append.endsWith(' evolvm.agent=0')).toBe(true);
+    expect(append).toContain('init_on_free=1');
+  });
+
+  it('uses virtio-mmio devices on microvm', () => {
+    const argv = argvFor({ machine: 'microvm' });
+    expect(valueAfter(argv, '-machine')[0]).toMatch(/^microvm/);
+    expect(valueAfter(argv, '-device').some((d) => d.includes('-pci'))).toBe(false);
+    expect(valueAfter(argv, '-device')).toContain('virtio-serial-device,id=vser0');
+  });
+
+  it('lists accelerators in fallback order', () => {
+    expect(valueAfter(argvFor({}, { accelerators: ['kvm', 'tcg'] }), '-accel')).toEqual(['kvm', 'tcg']);
+  });
+
+  it('adds -incoming defer only for a restore', () => {
+    expect(argvFor({})).not.toContain('-incoming');
+    expect(valueAfter(argvFor({}, { incoming: true }), '-incoming')).toEqual(['defer']);
+  });
+});
+
+describe('resolveAccelerators', () => {
+  it('auto uses KVM only when it is usable, always falling back to TCG', () => {
+    expect(resolveAccelerators('auto', true)).toEqual(['kvm', 'tcg']);
+    expect(resolveAccelerators('auto', false)).toEqual(['tcg']);
+  });
+  it('kvm falls back to tcg; tcg never tries kvm', () => {
+    expect(resolveAccelerators('kvm', false)).toEqual(['kvm', 'tcg']);
+    expect(resolveAccelerators('tcg', true)).toEqual(['tcg']);
+  });
+});
