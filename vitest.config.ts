@@ -3,6 +3,7 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    globalSetup: ['test/global-setup.ts'],
     // Integration files each boot QEMU guests; on 2 cores two files at a time is the sweet spot.
     maxWorkers: 2,
     minWorkers: 1,
