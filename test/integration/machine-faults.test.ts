@@ -1,0 +1,100 @@
+import { chmodSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import {
+  AgentTimeoutError,
+  ConfigInvalidError,
+  GuestNotBuiltError,
+  Machine,
+  OperationNotAllowedError,
+  QemuExitedError,
+  QemuNotFoundError,
+} from '../../src/index.js';
+import { expectNoLeaks, qemuProcessesUnder, testRunDir } from '../helpers/leaks.js';
+
+const runDir = testRunDir('faults');
+
+afterAll(async () => {
+  await expectNoLeaks(runDir);
+});
+
+describe('bad input fails with a typed error and leaves nothing behind', () => {
+  it('refuses each invalid option before starting anything', async () => {
+    const cases: Array<[Record<string, unknown>, string]> = [
+      [{ memoryMiB: 32 }, 'memoryMiB'],
+      [{ cpus: -1 }, 'cpus'],
+      [{ machine: 'isapc' }, 'machine'],
+      [{ accel: 'whpx' }, 'accel'],
+      [{ bootTimeoutMs: 0 }, 'bootTimeoutMs'],
+      [{ memorySize: 128 }, 'memorySize'],
+    ];
+    for (const [config, path] of cases) {
+      const error = await Machine.boot({ runDir, ...config } as never).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ConfigInvalidError);
+      expect((error as ConfigInvalidError).issues.map((i) => i.path)).toEqual([path]);
+    }
+  });
+
+  it('reports a missing kernel', async () => {
+    const error = await Machine.boot({ runDir, kernel: '/nonexistent/vmlinuz' }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(GuestNotBuiltError);
+    expect((error as GuestNotBuiltError).path).toBe('/nonexistent/vmlinuz');
+  });
+
+  it('reports a QEMU binary that is not there, with the install hint', async () => {
+    const error = await Machine.boot({ runDir, qemuBinary: 'qemu-system-nonexistent' }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(QemuNotFoundError);
+    expect((error as QemuNotFoundError).message).toMatch(/apt-get install qemu-system-x86/);
+  });
+
+  it('reports QEMU exiting at start-up with its stderr', async () => {
+    const fake = join(runDir, '..', `evolvm-fake-qemu-${process.pid}`);
+    writeFileSync(fake, '#!/bin/sh\necho "fake qemu: cannot start" >&2\nexit 3\n');
+    chmodSync(fake, 0o755);
+    const error = await Machine.boot({ runDir, qemuBinary: fake }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(QemuExitedError);
+    expect(error).toMatchObject({ exitCode: 3 });
+    expect((error as QemuExitedError).consoleTail).toMatch(/fake qemu: cannot start/);
+  });
+
+  it('times out a guest that never says hello, within the configured bound', async () => {
+    const started = Date.now();
+    const error = await Machine.boot({ runDir, cmdline: 'evolvm.agent=0', bootTimeoutMs: 6_000 }).catch((e: unknown) => e);
+    const elapsed = Date.now() - started;
+    expect(error).toBeInstanceOf(AgentTimeoutError);
+    expect(error).toMatchObject({ operation: 'hello', timeoutMs: 6_000 });
+    expect(elapsed).toBeGreaterThanOrEqual(5_900);
+    expect(elapsed).toBeLessThan(6_000 + 4_000);
+    expect(qemuProcessesUnder(runDir)).toEqual([]);
+  });
+
+  it('turns QEMU killed from outside during an exec into a QEMU-exited error', async () => {
+    const vm = await Machine.boot({ runDir });
+    const pending = vm.exec(['sleep', '60']);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    process.kill(vm.pid, 'SIGKILL');
+    const error = await pending.catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(QemuExitedError);
+    expect(error).toMatchObject({ signal: 'SIGKILL' });
+    expect(vm.state).toBe('crashed');
+    // Later calls fail the same way, at once.
+    await expect(vm.ping()).rejects.toBeInstanceOf(QemuExitedError);
+    await vm.stop();
+  });
+
+  it('refuses guest I/O after stop with a lifecycle error', async () => {
+    const vm = await Machine.boot({ runDir });
+    await vm.stop();
+    expect(vm.state).toBe('stopped');
+    const error = await vm.exec(['true']).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(OperationNotAllowedError);
+    expect(error).toMatchObject({ state: 'stopped' });
+  });
+
+  it('aborts a boot with an AbortSignal and cleans up', async () => {
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), 200);
+    await expect(Machine.boot({ runDir }, { signal: controller.signal })).rejects.toMatchObject({ code: 'ABORTED' });
+    expect(qemuProcessesUnder(runDir)).toEqual([]);
+  });
+});
