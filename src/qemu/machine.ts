@@ -194,6 +194,16 @@ export class Machine implements AsyncDisposable {
     this.lifecycle.assert('guest-io', operation);
   }
 
+  /**
+   * Waits up to `ms` for QEMU to exit and returns its exit error if it did. A dropped socket is usually
+   * noticed before the process exit; this lets a caller blame the right one.
+   */
+  async settleExit(ms = EXIT_ATTRIBUTION_MS): Promise<QemuExitedError | undefined> {
+    if (this.#exitError || this.#stopping) return this.#exitError;
+    await Promise.race([this.#process.exited, delay(ms)]);
+    return this.#exitError;
+  }
+
   /** Calls `listener` once if QEMU exits without being asked to. Returns an unsubscribe function. */
   onUnexpectedExit(listener: (error: QemuExitedError) => void): () => void {
     if (this.#exitError) {

@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import {
   AgentTimeoutError,
+  EvolvmError,
+  isFatal,
   OperationNotAllowedError,
   StagePoisonedError,
   StageStaleError,
@@ -134,6 +136,7 @@ export class Sandbox {
         await this.snapshots.load(to.tag!, options);
       } catch (error) {
         // A failed load leaves the VM in an unknown state: nothing of it can be trusted any more.
+        await this.#attributeToExit(error);
         this.#poisonWith(`devolve to ${to.stageClass.stageName} failed`, error);
         await this.machine.kill();
         throw error;
@@ -178,6 +181,7 @@ export class Sandbox {
     try {
       return await work();
     } catch (error) {
+      await this.#attributeToExit(error);
       // QEMU's death explains whatever failed while it happened.
       if (this.#poison && !(error instanceof StagePoisonedError)) {
         throw new StagePoisonedError(this.#currentNode.stageClass.stageName, this.#poison.reason, { cause: error });
@@ -202,6 +206,7 @@ export class Sandbox {
 
   /** Restores the source's snapshot after a failed transition; returns the error to throw. */
   async #rollback(source: LineageNode, transition: string, cause: unknown): Promise<Error> {
+    await this.#attributeToExit(cause);
     if (this.#poison) return new TransitionFailedError(transition, source.stageClass.stageName, false, { cause });
     try {
       await this.snapshots.load(source.tag!);
@@ -234,6 +239,17 @@ export class Sandbox {
       readFile: (path, options) => this.machine.readFile(path, bound(options)),
       writeFile: (path, data, options) => this.machine.writeFile(path, data, bound(options)),
     };
+  }
+
+  /** When an error looks like a lost channel, waits briefly for the QEMU exit that usually explains it. */
+  async #attributeToExit(error: unknown): Promise<void> {
+    if (this.#poison) return;
+    for (let e: unknown = error; e instanceof Error; e = e.cause) {
+      if (e instanceof EvolvmError && isFatal(e)) {
+        await this.machine.settleExit();
+        return;
+      }
+    }
   }
 
   #poisonWith(reason: string, cause: unknown): void {

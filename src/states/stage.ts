@@ -56,6 +56,14 @@ function handleOf(stage: Stage): StageHandle {
 }
 
 /**
+ * The sandbox behind a stage object (advanced use: its machine, snapshots and lifecycle). Guest I/O done
+ * through it bypasses the stage's bookkeeping; prefer the stage's own methods.
+ */
+export function sandboxOf(stage: Stage): Sandbox {
+  return handleOf(stage).sandbox;
+}
+
+/**
  * The base of every stage. A subclass is a noun (`RuntimeLoaded`) with a `static readonly stageName`; its
  * constructor stays protected, because stages come only from `boot`, `evolve` and `devolve`.
  *

@@ -1,0 +1,64 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { KernelBooted, loadCode, loadRuntime, sandboxOf, StagePoisonedError, type Stage } from '../../src/index.js';
+import { expectNoLeaks, qemuProcessesUnder, testRunDir } from '../helpers/leaks.js';
+
+const runDir = testRunDir('stage-faults');
+
+afterAll(async () => {
+  await expectNoLeaks(runDir);
+});
+
+/** SIGKILLs the sandbox's QEMU the moment its lifecycle enters `state`. */
+function killWhenEntering(stage: Stage, state: 'saving' | 'restoring'): void {
+  const { machine } = sandboxOf(stage);
+  const stop = machine.lifecycle.subscribe((current) => {
+    if (current !== state) return;
+    stop();
+    process.kill(machine.pid, 'SIGKILL');
+  });
+}
+
+async function expectPoisoned(stages: Stage[]): Promise<void> {
+  for (const stage of stages) {
+    expect(stage.status).toBe('poisoned');
+    const error = await stage.exec(['true']).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(StagePoisonedError);
+    expect((error as StagePoisonedError).reason).toMatch(/QEMU exited/);
+  }
+}
+
+describe('QEMU dying under a stage operation', () => {
+  it('during snapshot-save: the evolve fails typed, every stage object is poisoned, nothing leaks', async () => {
+    const booted = await KernelBooted.boot({ runDir });
+    await booted.writeFile('/tmp/dirty', 'so the evolve must save');
+    killWhenEntering(booted, 'saving');
+    const error = await booted.evolve(loadRuntime({ kind: 'shell' })).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(StagePoisonedError);
+    expect((error as StagePoisonedError).cause).toMatchObject({ code: 'SNAPSHOT_FAILED' });
+    await expectPoisoned([booted]);
+    await booted.close();
+    expect(qemuProcessesUnder(runDir)).toEqual([]);
+  });
+
+  it('during snapshot-load: the devolve fails typed, every stage object is poisoned, nothing leaks', async () => {
+    const booted = await KernelBooted.boot({ runDir });
+    const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
+    const code = await runtime.evolve(loadCode('f() { :; }'));
+    killWhenEntering(code, 'restoring');
+    const error = await code.devolve().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(StagePoisonedError);
+    await expectPoisoned([booted, runtime, code]);
+    await code.close();
+    expect(qemuProcessesUnder(runDir)).toEqual([]);
+  });
+
+  it('at rest: every live and stale stage object is poisoned and says why', async () => {
+    const booted = await KernelBooted.boot({ runDir });
+    const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
+    process.kill(sandboxOf(runtime).machine.pid, 'SIGKILL');
+    for (let i = 0; i < 50 && runtime.status !== 'poisoned'; i++) await new Promise((r) => setTimeout(r, 50));
+    await expectPoisoned([booted, runtime]);
+    await expect(runtime.devolve()).rejects.toBeInstanceOf(StagePoisonedError);
+    await runtime.close();
+  });
+});
