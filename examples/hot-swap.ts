@@ -17,10 +17,10 @@ const booted = await step('boot (cold)', () => KernelBooted.boot());
 try {
   const runtime = await step('loadRuntime(shell)', () => booted.evolve(loadRuntime({ kind: 'shell' })));
   const moduleA = await step('loadCode(A: greet in English)', () => runtime.evolve(loadCode('greet() { echo "hello, $1"; }')));
-  console.log(`  A.greet("world") → ${(await step('  call', () => moduleA.call('greet', 'world'))).trim()}`);
+  console.log(`  A.greet("world") → ${(await step('  call', () => moduleA.call<string>('greet', 'world'))).trim()}`);
   const again = await step('devolve → RuntimeLoaded (no reboot)', () => moduleA.devolve());
   const moduleB = await step('loadCode(B: greet in French)', () => again.evolve(loadCode('greet() { echo "bonjour, $1"; }')));
-  console.log(`  B.greet("monde") → ${(await step('  call', () => moduleB.call('greet', 'monde'))).trim()}`);
+  console.log(`  B.greet("monde") → ${(await step('  call', () => moduleB.call<string>('greet', 'monde'))).trim()}`);
   await step('devolve → KernelBooted', () => moduleB.devolveTo(KernelBooted));
 } finally {
   await booted.close();

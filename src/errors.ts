@@ -19,7 +19,9 @@ export type ErrorCode =
   | 'SNAPSHOT_FAILED'
   | 'STAGE_STALE'
   | 'STAGE_POISONED'
-  | 'TRANSITION_FAILED';
+  | 'TRANSITION_FAILED'
+  | 'HOST_FUNCTIONS_MISMATCH'
+  | 'CALL_TIMEOUT';
 
 /** The base class of every error evolvm throws. */
 export abstract class EvolvmError extends Error {
@@ -202,6 +204,40 @@ export class TransitionFailedError extends EvolvmError {
   }
 }
 
+/** The host does not offer the host functions a stage was built with (Hyperlight's superset rule). */
+export class HostFunctionsMismatchError extends EvolvmError {
+  readonly code = 'HOST_FUNCTIONS_MISMATCH' as const;
+  constructor(
+    readonly context: string,
+    readonly missing: readonly string[],
+    readonly mismatched: readonly string[],
+    options?: { cause?: unknown },
+  ) {
+    super(
+      `${context}: the host must offer every host function the stage was built with` +
+        (missing.length ? `; missing: ${missing.join(', ')}` : '') +
+        (mismatched.length ? `; signature differs: ${mismatched.join(', ')}` : ''),
+      options,
+    );
+  }
+}
+
+/**
+ * A call into user code ran past its bound. The sandbox was moved back to its last good stage, handed over
+ * in `recovered`; the stage the call was made on is consumed.
+ */
+export class CallTimeoutError extends EvolvmError {
+  readonly code = 'CALL_TIMEOUT' as const;
+  constructor(
+    readonly fn: string,
+    readonly timeoutMs: number,
+    readonly recovered: unknown,
+    options?: { cause?: unknown },
+  ) {
+    super(`call ${fn} did not return within ${timeoutMs} ms; the sandbox was moved back to its last good stage`, options);
+  }
+}
+
 /**
  * Whether an error means the VM can no longer be trusted or used. Switches over every code so that a new
  * code must be classified here before it compiles.
@@ -227,6 +263,8 @@ export function isFatal(error: EvolvmError): boolean {
     case 'SNAPSHOT_FAILED':
     case 'STAGE_STALE':
     case 'TRANSITION_FAILED':
+    case 'HOST_FUNCTIONS_MISMATCH':
+    case 'CALL_TIMEOUT':
       return false;
     default: {
       const unreachable: never = code;

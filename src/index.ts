@@ -12,7 +12,9 @@ export { Sandbox, type SandboxBootOptions, type LineageNode } from './states/san
 export type { GuestAccess } from './states/guest-access.js';
 export { KernelBooted } from './states/kernel-booted.js';
 export { RuntimeLoaded, type RuntimeInfo } from './states/runtime-loaded.js';
-export { UserCodeLoaded, type CodeInfo, type CallOptions } from './states/user-code-loaded.js';
+export { UserCodeLoaded, type CodeInfo, type CallOptions, type CallValue, type ExportInfo } from './states/user-code-loaded.js';
+export type { RuntimeKind } from './transitions/runtime-kinds.js';
+export { defineHostFunction, HostFunctionSet, type HostFunction, type HostFunctionSignature, type HostFunctionSpec, type WasmValueType } from './host/host-functions.js';
 export { defineTransition, type Transition, type TransitionContext } from './transitions/transition.js';
 export { loadRuntime, type RuntimeSpec } from './transitions/load-runtime.js';
 export { loadCode } from './transitions/load-code.js';

@@ -177,6 +177,15 @@ export class Machine implements AsyncDisposable {
   }
 
   /**
+   * One raw agent request (advanced use: runtimes and custom guest operations).
+   * @throws see {@link exec}.
+   */
+  async request(op: string, args: Record<string, unknown> = {}, options: RequestOptions = {}): Promise<unknown> {
+    this.assertGuestIo(op);
+    return this.#agent.request(op, args, options);
+  }
+
+  /**
    * Sets the guest clock to the host's and reseeds its RNG: what every restored guest needs.
    * @throws see {@link exec}.
    */

@@ -1,11 +1,14 @@
+import type { RuntimeKind } from '../transitions/runtime-kinds.js';
 import type { KernelBooted } from './kernel-booted.js';
 import { ChildStage } from './stage.js';
 
 /** Which runtime a {@link RuntimeLoaded} stage holds. */
 export interface RuntimeInfo {
-  readonly kind: 'shell';
+  readonly kind: RuntimeKind;
   /** Guest pid of the long-lived runtime process. */
   readonly pid: number;
+  /** The runtime's own version string. */
+  readonly version: string;
 }
 
 /** A runtime is loaded in the guest, ready for user code. */

@@ -13,6 +13,8 @@ import { Machine } from '../qemu/machine.js';
 import { InVmSnapshots } from '../snapshot/in-vm-snapshots.js';
 import type { Transition } from '../transitions/transition.js';
 import { withDeadline } from '../util/deadline.js';
+import { HostFunctionSet, type HostFunction, type HostFunctionSignature } from '../host/host-functions.js';
+import type { RequestOptions } from '../qemu/agent/agent-session.js';
 import type { GuestAccess } from './guest-access.js';
 import { issueHandle, type EvolveOptions, type RootStage, type Stage, type StageClass, type StageOperationOptions } from './stage.js';
 
@@ -28,10 +30,14 @@ export interface LineageNode {
   tag: string | undefined;
   /** Whether the guest may have changed since `tag` was saved or loaded. */
   dirty: boolean;
+  /** The host functions offered when this stage was entered; restoring it needs a superset. */
+  readonly hostFunctions: readonly HostFunctionSignature[];
 }
 
 export interface SandboxBootOptions {
   signal?: AbortSignal;
+  /** Functions guest code may call (WASM imports from module "host", the JS global `host`). */
+  hostFunctions?: readonly HostFunction[];
 }
 
 /**
@@ -50,9 +56,11 @@ export class Sandbox {
   #nodeIds = 0;
   #tagGeneration = 0;
   readonly #tagged = new Set<LineageNode>();
+  #hostFunctions: HostFunctionSet;
 
-  private constructor(machine: Machine) {
+  private constructor(machine: Machine, hostFunctions: HostFunctionSet) {
     this.machine = machine;
+    this.#hostFunctions = hostFunctions;
     this.snapshots = new InVmSnapshots(machine);
     machine.onUnexpectedExit((error) => this.#poisonWith('QEMU exited', error));
   }
@@ -62,8 +70,9 @@ export class Sandbox {
    * @throws the errors of {@link Machine.boot}.
    */
   static async boot<R extends RootStage<unknown>>(root: StageClass<R>, config: MachineConfigInput = {}, options: SandboxBootOptions = {}): Promise<R> {
+    const hostFunctions = new HostFunctionSet(options.hostFunctions ?? []); // refuse duplicates before booting
     const machine = await Machine.boot(config, options);
-    const sandbox = new Sandbox(machine);
+    const sandbox = new Sandbox(machine, hostFunctions);
     const node = sandbox.#newNode(root, undefined, undefined, undefined);
     return sandbox.#enter(node) as R;
   }
@@ -71,6 +80,19 @@ export class Sandbox {
   /** The stage the sandbox is in now. */
   get currentStage(): string {
     return this.#currentNode.stageClass.stageName;
+  }
+
+  /** The host functions offered now. */
+  get hostFunctions(): HostFunctionSet {
+    return this.#hostFunctions;
+  }
+
+  /**
+   * Replaces the host functions offered from now on. Stages entered earlier keep their recorded set: moving
+   * back to one of them is refused unless the new set is a superset with matching signatures.
+   */
+  setHostFunctions(functions: readonly HostFunction[]): void {
+    this.#hostFunctions = new HostFunctionSet(functions);
   }
 
   statusOf(stage: Stage): 'ready' | 'consumed' | 'poisoned' {
@@ -96,6 +118,11 @@ export class Sandbox {
         this.#assertReady(stage, operation);
         this.#currentNode.dirty = true;
         return this.machine.writeFile(path, data, options);
+      },
+      request: async (op, args, options) => {
+        this.#assertReady(stage, operation);
+        this.#currentNode.dirty = true;
+        return this.machine.request(op, args, this.#withHostCalls(options));
       },
     };
   }
@@ -131,6 +158,7 @@ export class Sandbox {
     if (!to?.tag) {
       throw new OperationNotAllowedError(`devolve to ${target?.stageName ?? 'parent'}`, from.stageClass.stageName);
     }
+    this.#hostFunctions.assertSupersetOf(to.hostFunctions, `devolve to ${to.stageClass.stageName}`);
     return this.#exclusive('devolve', async () => {
       try {
         await this.snapshots.load(to.tag!, options);
@@ -164,7 +192,8 @@ export class Sandbox {
   }
 
   #newNode(stageClass: StageClass, parent: LineageNode | undefined, data: unknown, transition: LineageNode['transition']): LineageNode {
-    return { id: ++this.#nodeIds, stageClass, parent, data, transition, tag: undefined, dirty: true };
+    const hostFunctions = this.#hostFunctions.signatures;
+    return { id: ++this.#nodeIds, stageClass, parent, data, transition, tag: undefined, dirty: true, hostFunctions };
   }
 
   #assertReady(stage: Stage, operation: string): LineageNode {
@@ -238,6 +267,7 @@ export class Sandbox {
       exec: (argv, options) => this.machine.exec(argv, bound(options)),
       readFile: (path, options) => this.machine.readFile(path, bound(options)),
       writeFile: (path, data, options) => this.machine.writeFile(path, data, bound(options)),
+      request: (op, args, options) => this.machine.request(op, args, this.#withHostCalls(bound(options))),
     };
   }
 
@@ -250,6 +280,10 @@ export class Sandbox {
         return;
       }
     }
+  }
+
+  #withHostCalls(options: RequestOptions | undefined): RequestOptions {
+    return { ...options, onHostCall: options?.onHostCall ?? ((fn, args) => this.#hostFunctions.call(fn, args)) };
   }
 
   #poisonWith(reason: string, cause: unknown): void {

@@ -1,3 +1,4 @@
+import type { RequestOptions } from '../qemu/agent/agent-session.js';
 import type { ExecOptions, ExecResult, FileReadOptions, FileWriteOptions } from '../qemu/agent/guest-ops.js';
 import type { Transition } from '../transitions/transition.js';
 import type { GuestAccess } from './guest-access.js';
@@ -130,6 +131,14 @@ export abstract class Stage<Data = unknown> implements AsyncDisposable, GuestAcc
    */
   writeFile(path: string, data: string | Uint8Array, options?: FileWriteOptions): Promise<void> {
     return handleOf(this).sandbox.guestFor(this, 'writeFile').writeFile(path, data, options);
+  }
+
+  /**
+   * One raw agent request on behalf of this stage (runtimes and custom guest operations).
+   * @throws see {@link exec}.
+   */
+  request(op: string, args?: Record<string, unknown>, options?: RequestOptions): Promise<unknown> {
+    return handleOf(this).sandbox.guestFor(this, 'request').request(op, args, options);
   }
 
   /**

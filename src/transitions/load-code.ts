@@ -1,13 +1,16 @@
 import { createHash } from 'node:crypto';
-import { GuestOperationError } from '../errors.js';
+import { GuestOperationError, GuestProtocolViolationError } from '../errors.js';
+import type { GuestAccess } from '../states/guest-access.js';
 import { RuntimeLoaded } from '../states/runtime-loaded.js';
-import { UserCodeLoaded, type CodeInfo } from '../states/user-code-loaded.js';
+import { sandboxOf } from '../states/stage.js';
+import { UserCodeLoaded, type CodeInfo, type ExportInfo } from '../states/user-code-loaded.js';
 import { RUNTIME_CODE_PATH } from './runtime-paths.js';
 import { defineTransition, type Transition } from './transition.js';
 
 /**
- * Loads user code into the runtime. The code is checked by the runtime before the stage is entered, so bad
- * code fails the transition (and rolls the sandbox back) instead of failing later calls.
+ * Loads user code into the runtime: a WebAssembly module (bytes), JavaScript source, or a shell script. The
+ * runtime compiles it and runs its start code before the stage is entered, so bad code fails the transition
+ * (and rolls the sandbox back) instead of failing later calls.
  */
 export function loadCode(code: string | Uint8Array): Transition<RuntimeLoaded, UserCodeLoaded> {
   const bytes = typeof code === 'string' ? Buffer.from(code) : Buffer.from(code);
@@ -17,14 +20,35 @@ export function loadCode(code: string | Uint8Array): Transition<RuntimeLoaded, U
     from: RuntimeLoaded,
     to: UserCodeLoaded,
     args: { sha256, bytes: bytes.length },
-    run: async ({ guest }): Promise<CodeInfo> => {
-      await guest.writeFile(RUNTIME_CODE_PATH, bytes, { mkdirs: true });
-      // Sourcing runs the code's top level, as a runtime's module start would.
-      const check = await guest.exec(['sh', '-n', RUNTIME_CODE_PATH]);
-      if (check.exitCode !== 0) throw new GuestOperationError('loadCode', 'INVALID_CODE', check.stderr.slice(0, 2000));
-      const start = await guest.exec(['sh', '-c', `. ${RUNTIME_CODE_PATH}`]);
-      if (start.exitCode !== 0) throw new GuestOperationError('loadCode', 'START_FAILED', start.stderr.slice(0, 2000));
-      return { sha256, bytes: bytes.length };
+    run: async ({ guest, source }): Promise<CodeInfo> => {
+      const runtime = source.runtime.kind;
+      const exports = runtime === 'shell' ? await loadShell(guest, bytes) : await loadIntoRuntime(guest, source, bytes);
+      return { sha256, bytes: bytes.length, runtime, exports };
     },
   });
+}
+
+async function loadIntoRuntime(guest: GuestAccess, source: RuntimeLoaded, code: Buffer): Promise<ExportInfo[]> {
+  const imports = sandboxOf(source).hostFunctions.signatures.map((s) => ({
+    name: s.name,
+    params: s.wasm?.params ?? [],
+    results: s.wasm?.results ?? [],
+  }));
+  const value = (await guest.request('rt_req', { name: source.runtime.kind, op: 'load', a: { code, imports } })) as { exports?: unknown };
+  if (!Array.isArray(value?.exports)) throw new GuestProtocolViolationError('runtime load reply without exports');
+  return value.exports.map((e: { name?: unknown; params?: unknown; results?: unknown }) => ({
+    name: String(e?.name),
+    params: Array.isArray(e?.params) ? e.params.map(String) : [],
+    results: Array.isArray(e?.results) ? e.results.map(String) : [],
+  }));
+}
+
+async function loadShell(guest: GuestAccess, code: Buffer): Promise<ExportInfo[]> {
+  await guest.writeFile(RUNTIME_CODE_PATH, code, { mkdirs: true });
+  const check = await guest.exec(['sh', '-n', RUNTIME_CODE_PATH]);
+  if (check.exitCode !== 0) throw new GuestOperationError('loadCode', 'INVALID_CODE', check.stderr.slice(0, 2000));
+  // Sourcing runs the code's top level, as a module's start function would.
+  const start = await guest.exec(['sh', '-c', `. ${RUNTIME_CODE_PATH}`]);
+  if (start.exitCode !== 0) throw new GuestOperationError('loadCode', 'START_TRAP', start.stderr.slice(0, 2000));
+  return [];
 }

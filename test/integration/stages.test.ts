@@ -52,7 +52,7 @@ describe('evolve and devolve restore guest state exactly', () => {
       to: RuntimeLoaded,
       run: async ({ guest }) => {
         await guest.writeFile('/tmp/by-transition', 'yes');
-        return { kind: 'shell' as const, pid: 0 };
+        return { kind: 'shell' as const, pid: 0, version: 'test' };
       },
     });
     const runtime = await root.evolve(markRuntime);
@@ -206,7 +206,7 @@ describe('atomic evolve', () => {
       run: async ({ guest }) => {
         await guest.writeFile('/tmp/hung', 'x');
         await guest.exec(['sleep', '600']);
-        return { kind: 'shell' as const, pid: 0 };
+        return { kind: 'shell' as const, pid: 0, version: 'test' };
       },
     });
     const started = Date.now();

@@ -28,7 +28,8 @@ describe('legal transitions return exactly the next stage', () => {
     expectTypeOf(code.devolveTo(RuntimeLoaded)).toEqualTypeOf<Promise<RuntimeLoaded>>();
   });
   it('call exists on UserCodeLoaded', () => {
-    expectTypeOf(code.call('f')).toEqualTypeOf<Promise<string>>();
+    expectTypeOf(code.call('f')).toEqualTypeOf<Promise<unknown>>();
+    expectTypeOf(code.call<number>('f', 1, 2n)).toEqualTypeOf<Promise<number>>();
   });
 });
 

@@ -181,3 +181,38 @@ describe('guest operations over the session', () => {
     expect((await readGuestFile(session, '/f')).equals(data)).toBe(true);
   });
 });
+
+describe('host-function calls from the guest', () => {
+  it('serves a hostcall made during a request and sends the result back', async () => {
+    const { peer, session } = await start((p, r) => {
+      if (r.t === 'req') p.send({ t: 'hostcall', id: r.id, call: 1, fn: 'double', args: [21] });
+      if (r.t === 'hostret') p.send({ t: 'res', id: r.id, ok: true, v: { got: r.v } });
+    });
+    const value = await session.request('rt_req', {}, { onHostCall: async (fn, args) => (fn === 'double' ? (args[0] as number) * 2 : null) });
+    expect(value).toEqual({ got: 42 });
+    expect(peer.requests[1]).toMatchObject({ t: 'hostret', call: 1, ok: true, v: 42 });
+  });
+
+  it('sends a failing host function back to the guest as an error', async () => {
+    const { peer, session } = await start((p, r) => {
+      if (r.t === 'req') p.send({ t: 'hostcall', id: r.id, call: 7, fn: 'boom', args: [] });
+      if (r.t === 'hostret') p.send({ t: 'res', id: r.id, ok: true, v: r.e });
+    });
+    const value = await session.request('rt_req', {}, { onHostCall: async () => { throw new Error('nope'); } });
+    expect(value).toEqual({ code: 'HOST_ERROR', msg: 'nope' });
+    expect(peer.requests[1]).toMatchObject({ ok: false, call: 7 });
+  });
+
+  it('refuses a hostcall for a request that serves none', async () => {
+    const { session } = await start((p, r) => {
+      if (r.t === 'req') p.send({ t: 'hostcall', id: r.id, call: 1, fn: 'x', args: [] });
+      if (r.t === 'hostret') p.send({ t: 'res', id: r.id, ok: true, v: r.e });
+    });
+    await expect(session.request('rt_req')).resolves.toMatchObject({ code: 'NO_HOST_FUNCTIONS' });
+  });
+
+  it('treats a malformed hostcall as a protocol violation', async () => {
+    const { session } = await start((p, r) => p.send({ t: 'hostcall', id: r.id, call: 1, fn: 5, args: [] }));
+    await expect(session.request('rt_req')).rejects.toBeInstanceOf(GuestProtocolViolationError);
+  });
+});

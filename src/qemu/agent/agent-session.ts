@@ -20,6 +20,11 @@ export interface RequestOptions {
   signal?: AbortSignal;
   /** Receives streamed output before the reply. */
   onChunk?: (stream: ChunkStream, data: Uint8Array) => void;
+  /**
+   * Serves the guest's host-function calls made while this request runs. A rejection is sent back to the guest
+   * as an error (code from an EvolvmError's `guestCode`/`code`, else `HOST_ERROR`).
+   */
+  onHostCall?: (fn: string, args: unknown[]) => Promise<unknown>;
 }
 
 export interface AgentSessionOptions {
@@ -42,6 +47,7 @@ interface Pending {
   resolve: (value: unknown) => void;
   reject: (error: Error) => void;
   onChunk: RequestOptions['onChunk'];
+  onHostCall: RequestOptions['onHostCall'];
   cleanup: () => void;
 }
 
@@ -146,6 +152,7 @@ export class AgentSession {
         resolve,
         reject,
         onChunk: options.onChunk,
+        onHostCall: options.onHostCall,
         cleanup: () => {
           clearTimeout(timer);
           options.signal?.removeEventListener('abort', onAbort);
@@ -209,6 +216,9 @@ export class AgentSession {
       case 'chunk':
         this.#pending.get(message.id)?.onChunk?.(message.s, message.d);
         return;
+      case 'hostcall':
+        this.#serveHostCall(message.id, message.call, message.fn, message.args);
+        return;
       case 'res': {
         const pending = this.#pending.get(message.id);
         if (!pending) return; // a reply to a timed-out, aborted or pre-restore request
@@ -217,6 +227,30 @@ export class AgentSession {
         return;
       }
     }
+  }
+
+  #serveHostCall(id: number, call: number, fn: string, args: unknown[]): void {
+    const handler = this.#pending.get(id)?.onHostCall;
+    const reply = (fields: Record<string, unknown>) => {
+      if (this.#state !== 'running') return;
+      try {
+        this.#socket.write(encodeFrame({ t: 'hostret', id, call, ...fields }, this.#options.maxFrameBytes));
+      } catch (error) {
+        this.#socket.write(encodeFrame({ t: 'hostret', id, call, ok: false, e: { code: 'TOO_LARGE', msg: (error as Error).message } }));
+      }
+    };
+    if (!handler) {
+      reply({ ok: false, e: { code: 'NO_HOST_FUNCTIONS', msg: `no host function ${fn} is served for this request` } });
+      return;
+    }
+    handler(fn, args).then(
+      (value) => reply({ ok: true, v: value ?? null }),
+      (error: unknown) => {
+        const e = error as { guestCode?: unknown; code?: unknown; message?: unknown };
+        const code = typeof e?.guestCode === 'string' ? e.guestCode : typeof e?.code === 'string' ? e.code : 'HOST_ERROR';
+        reply({ ok: false, e: { code, msg: String(e?.message ?? error).slice(0, 4096) } });
+      },
+    );
   }
 
   #settle(id: number, error: Error | undefined, value?: unknown): void {

@@ -5,8 +5,9 @@ import { GuestProtocolViolationError } from '../../errors.js';
 export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
 const HEADER_BYTES = 4;
 
-// Plain maps and binaries only: records and structured clones are msgpackr extensions the guest must not use.
-const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, structuredClone: false, int64AsType: 'number' });
+// Plain maps and binaries only (records and structured clones are msgpackr extensions the guest must not use);
+// 64-bit integers stay exact: numbers when safe, bigints beyond 2^53 ('auto' works; msgpackr's types omit it).
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, structuredClone: false, int64AsType: 'auto' as 'bigint' });
 
 /**
  * Turns the agent byte stream into decoded frames: a 4-byte big-endian length, then one msgpack map.

@@ -22,7 +22,8 @@ export type GuestMessage =
   | { t: 'hello'; hello: GuestHello }
   | { t: 'res'; id: number; ok: true; v: unknown }
   | { t: 'res'; id: number; ok: false; e: { code: string; msg: string } }
-  | { t: 'chunk'; id: number; s: 'stdout' | 'stderr' | 'data'; d: Uint8Array };
+  | { t: 'chunk'; id: number; s: 'stdout' | 'stderr' | 'data'; d: Uint8Array }
+  | { t: 'hostcall'; id: number; call: number; fn: string; args: unknown[] };
 
 /**
  * Checks the shape of a decoded guest frame. Hand-written for `res` and `chunk` because they are the hot path.
@@ -49,6 +50,15 @@ export function parseGuestMessage(raw: Record<string, unknown>): GuestMessage {
       }
       if (!(raw.d instanceof Uint8Array)) throw new GuestProtocolViolationError('chunk without binary d');
       return { t: 'chunk', id, s: raw.s, d: raw.d };
+    }
+    case 'hostcall': {
+      const id = requireId(raw);
+      if (typeof raw.call !== 'number' || !Number.isSafeInteger(raw.call) || raw.call < 0) {
+        throw new GuestProtocolViolationError('hostcall without a call number');
+      }
+      if (typeof raw.fn !== 'string' || raw.fn.length > 256) throw new GuestProtocolViolationError('hostcall without a function name');
+      if (!Array.isArray(raw.args)) throw new GuestProtocolViolationError('hostcall without an args array');
+      return { t: 'hostcall', id, call: raw.call, fn: raw.fn, args: raw.args };
     }
     case 'hello': {
       const { t: _t, ...rest } = raw;

@@ -1,0 +1,74 @@
+import { KernelBooted, loadRuntime, type RuntimeLoaded } from '../../src/index.js';
+import { resultOf, since, type BenchGroup, type Metric } from '../benchmark.js';
+import { startRawSnapshotTarget } from './raw-snapshot.js';
+
+const evolve: Metric = { name: 'evolve', unit: 'ms' };
+const evolveClean: Metric = { name: 'evolve-clean', unit: 'ms' };
+const devolve: Metric = { name: 'devolve', unit: 'ms', target: { op: '<=', value: 60 } };
+const rawSnapshotLoad: Metric = { name: 'raw-snapshot-load', unit: 'ms' };
+
+/** A write here marks KernelBooted as changed since its snapshot, so the next evolve must save it again. */
+const DIRTY_PATH = '/tmp/evolvm-bench-dirty';
+
+/**
+ * KernelBooted ⇄ RuntimeLoaded on one sandbox, and beside it a plain machine for the raw `snapshot-load`.
+ * Each cycle times:
+ * - `evolve`: after a write, so the evolve saves a new snapshot (and deletes the one it replaces), then loads the runtime;
+ * - `evolve-clean`: right after a devolve, when the source's snapshot still holds it and the save is skipped;
+ * - `devolve`: one level back, after each of the two evolves (two samples per cycle);
+ * - `raw-snapshot-load`: right after each devolve. Interleaving the two keeps their ratio honest while other
+ *   work on the host comes and goes.
+ * A first, untimed cycle takes the first snapshot and warms TCG's code cache.
+ */
+export const lineageGroup: BenchGroup = {
+  metrics: [evolve, evolveClean, devolve, rawSnapshotLoad],
+  async run(context) {
+    const { runs, runDir, signal, log } = context;
+    const cycles = runs(5);
+    const samples = { evolve: [] as number[], clean: [] as number[], devolve: [] as number[], raw: [] as number[] };
+    const transition = loadRuntime({ kind: 'shell' });
+    const root = await KernelBooted.boot({ runDir }, { signal });
+    try {
+      const raw = await startRawSnapshotTarget(context);
+      try {
+        let booted = root;
+        for (let cycle = 0; cycle <= cycles; cycle++) {
+          signal.throwIfAborted();
+          const warmUp = cycle === 0;
+          const timed = async <T>(into: number[], step: () => Promise<T>): Promise<T> => {
+            const start = performance.now();
+            const value = await step();
+            if (!warmUp) into.push(since(start));
+            return value;
+          };
+          const rawLoad = async () => {
+            const elapsed = await raw.timedLoad();
+            if (!warmUp) samples.raw.push(elapsed);
+          };
+          await booted.writeFile(DIRTY_PATH, `cycle ${cycle}\n`, { signal });
+          let runtime: RuntimeLoaded = await timed(samples.evolve, () => booted.evolve(transition, { signal }));
+          booted = await timed(samples.devolve, () => runtime.devolve({ signal }));
+          await rawLoad();
+          runtime = await timed(samples.clean, () => booted.evolve(transition, { signal }));
+          booted = await timed(samples.devolve, () => runtime.devolve({ signal }));
+          await rawLoad();
+          if (!warmUp) {
+            const ms = (values: number[], count = 1) => values.slice(-count).map((value) => value.toFixed(0)).join('/');
+            log(`lineage ${cycle}/${cycles}: evolve ${ms(samples.evolve)}, evolve-clean ${ms(samples.clean)}, devolve ${ms(samples.devolve, 2)}, raw load ${ms(samples.raw, 2)} ms`);
+          }
+        }
+      } finally {
+        await raw.stop();
+      }
+      return [
+        resultOf(evolve, samples.evolve),
+        resultOf(evolveClean, samples.clean),
+        resultOf(devolve, samples.devolve),
+        resultOf(rawSnapshotLoad, samples.raw),
+      ];
+    } finally {
+      // Closing any stage object of a sandbox, even a consumed one, stops its machine.
+      await root.close();
+    }
+  },
+};
