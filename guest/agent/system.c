@@ -1,0 +1,83 @@
+/* set_clock, reseed and shutdown: the ops that touch the kernel's state. */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/random.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/reboot.h>
+#include <time.h>
+#include <unistd.h>
+#include "agent.h"
+
+bool shutdown_requested;
+
+void op_set_clock(uint64_t id, const char *args)
+{
+	uint64_t ns;
+	if (!mp_get_uint(mp_find(args, "ns"), &ns)) {
+		res_err(id, "BAD_REQUEST", "set_clock: ns must be an unsigned integer");
+		return;
+	}
+	struct timespec ts = { .tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u) };
+	if (clock_settime(CLOCK_REALTIME, &ts) < 0) {
+		res_errno(id, errno, "clock_settime", NULL);
+		return;
+	}
+	res_ok_empty(id);
+}
+
+void op_reseed(uint64_t id, const char *args)
+{
+	const char *seed;
+	uint32_t len;
+	if (!mp_get_bin(mp_find(args, "seed"), &seed, &len) || len < 16 || len > 4096) {
+		res_err(id, "BAD_REQUEST", "reseed: seed must be 16..4096 bytes of bin");
+		return;
+	}
+	struct rand_pool_info *info = malloc(sizeof *info + len);
+	if (!info) {
+		res_err(id, "INTERNAL", "reseed: out of memory");
+		return;
+	}
+	info->entropy_count = (int)len * 8;
+	info->buf_size = (int)len;
+	memcpy(info->buf, seed, len);
+	int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+	if (fd < 0) {
+		res_errno(id, errno, "open", "/dev/urandom");
+	} else if (ioctl(fd, RNDADDENTROPY, info) < 0) {
+		res_errno(id, errno, "ioctl RNDADDENTROPY", NULL);
+	} else {
+		res_ok_empty(id);
+	}
+	if (fd >= 0)
+		close(fd);
+	free(info);
+}
+
+void op_shutdown(uint64_t id, const char *args)
+{
+	(void)args;
+	res_ok_empty(id);
+	shutdown_requested = true;
+}
+
+/* Gives the reply up to a second to reach the host, then syncs and powers off. */
+void do_shutdown(int port_fd)
+{
+	int64_t deadline = now_ms() + 1000;
+	while (oq_pending() > 0 && now_ms() < deadline) {
+		if (oq_flush(port_fd) < 0)
+			break;
+		if (oq_pending() > 0) {
+			struct pollfd p = { .fd = port_fd, .events = POLLOUT };
+			if (poll(&p, 1, 50) > 0 && (p.revents & POLLHUP))
+				break;
+		}
+	}
+	sync();
+	reboot(RB_POWER_OFF);
+	logmsg("reboot(RB_POWER_OFF): %m");
+	_exit(1);
+}
