@@ -1,4 +1,4 @@
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, readFileSync } from 'node:fs';
 import type { MachineConfig } from './config.js';
 
 /** Whether this host can run KVM guests: /dev/kvm exists and we may open it read-write. */
@@ -23,5 +23,15 @@ export function resolveAccelerators(accel: MachineConfig['accel'], kvmAvailable:
       return ['kvm', 'tcg'];
     case 'auto':
       return kvmAvailable ? ['kvm', 'tcg'] : ['tcg'];
+  }
+}
+
+/** The host CPU's rate in kHz from /proc/cpuinfo (an estimate of the TSC rate), or undefined. */
+export function hostTscKhz(): number | undefined {
+  try {
+    const mhz = /^cpu MHz\s*:\s*([\d.]+)/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1];
+    return mhz ? Math.round(Number(mhz) * 1000) : undefined;
+  } catch {
+    return undefined;
   }
 }

@@ -10,10 +10,13 @@ export const SCRATCH_NODE = 'scratch0';
  * The kernel command line evolvm always passes. `init_on_free=1` zeroes freed pages so snapshots skip them;
  * `panic=-1` with `-no-reboot` turns a guest panic into a QEMU exit the host sees.
  */
-export function baseKernelCmdline(machine: MachineConfig['machine']): string {
-  const console = 'console=ttyS0';
-  const common = 'quiet loglevel=1 panic=-1 init_on_free=1 tsc=reliable no_timer_check';
-  return machine === 'microvm' ? `${console} ${common} reboot=t` : `${console} ${common}`;
+export function baseKernelCmdline(machine: MachineConfig['machine'], hostTscKhz?: number): string {
+  // cryptomgr.notests skips ~200 ms of crypto self-tests under TCG.
+  const common = 'console=ttyS0 quiet loglevel=1 panic=-1 init_on_free=1 cryptomgr.notests=1 tsc=reliable no_timer_check';
+  if (machine !== 'microvm') return common;
+  // microvm has no PIT/HPET to calibrate the TSC against and can hang at boot; under TCG the guest TSC
+  // ticks at the host's rate, so tell the kernel that rate.
+  return `${common} reboot=t${hostTscKhz ? ` tsc_early_khz=${hostTscKhz}` : ''}`;
 }
 
 export interface QemuLaunch {
@@ -24,6 +27,8 @@ export interface QemuLaunch {
   readonly paths: RunPaths;
   /** Start paused, waiting for `migrate-incoming` (restoring from a file). */
   readonly incoming?: boolean;
+  /** The host's TSC rate, for microvm's kernel command line. */
+  readonly hostTscKhz?: number;
 }
 
 /** Builds the qemu-system argv for one machine. Pure: no I/O, same input → same output. */
@@ -32,9 +37,10 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
   const microvm = config.machine === 'microvm';
   // microvm has no PCI bus: its virtio devices sit on virtio-mmio.
   const bus = microvm ? 'device' : 'pci';
-  const cmdline = [baseKernelCmdline(config.machine), config.cmdline].filter((part) => part.length > 0).join(' ');
+  const cmdline = [baseKernelCmdline(config.machine, launch.hostTscKhz), config.cmdline].filter((part) => part.length > 0).join(' ');
   const argv = [
-    '-machine', microvm ? 'microvm,pit=off,pic=off,isa-serial=on,rtc=on' : 'q35',
+    '-machine', microvm ? 'microvm,ioapic2=off' : 'q35',
+    ...(microvm || config.firmware === 'qboot' ? ['-bios', 'qboot.rom'] : []),
     ...launch.accelerators.flatMap((accel) => ['-accel', accel]),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
     '-m', String(config.memoryMiB),

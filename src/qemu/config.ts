@@ -15,6 +15,11 @@ export const MachineConfigSchema = z.strictObject({
   cpus: z.number().int().min(1).max(64).default(1),
   /** QEMU machine type: q35 (PCI, the default) or microvm (virtio-mmio, smaller and faster to boot). */
   machine: z.enum(['q35', 'microvm']).default('q35'),
+  /**
+   * Firmware for q35: `qboot` (a minimal BIOS that jumps straight to the kernel, ~0.5 s faster under TCG) or
+   * QEMU's default `seabios`. microvm always uses qboot.
+   */
+  firmware: z.enum(['qboot', 'seabios']).default('qboot'),
   /** `auto` uses KVM when /dev/kvm is usable and TCG otherwise; `kvm` falls back to TCG too, `tcg` never tries KVM. */
   accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
   /** Guest kernel; defaults to the built guest (`guest/out/x86_64`). */

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AbortedError, AgentDisconnectedError, EvolvmError, QemuExitedError } from '../errors.js';
 import { CleanupStack } from '../util/cleanup-stack.js';
-import { kvmUsable, resolveAccelerators } from './accel.js';
+import { hostTscKhz, kvmUsable, resolveAccelerators } from './accel.js';
 import { AgentSession, type RequestOptions } from './agent/agent-session.js';
 import {
   execInGuest,
@@ -282,6 +282,7 @@ function spawnQemu(config: MachineConfig, image: GuestImage, paths: RunPaths, cl
     initrd: image.initrd,
     accelerators: resolveAccelerators(config.accel, kvmUsable()),
     paths,
+    hostTscKhz: config.machine === 'microvm' ? hostTscKhz() : undefined,
   });
   const process = QemuProcess.spawn(config.qemuBinary, argv, { consoleLog: paths.consoleLog, killGraceMs: config.killGraceMs });
   cleanup.defer('qemu process', () => process.kill());

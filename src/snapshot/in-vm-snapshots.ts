@@ -36,6 +36,8 @@ export class InVmSnapshots {
     const { lifecycle } = this.#machine;
     lifecycle.send({ type: 'SAVE' });
     try {
+      // No new guest I/O starts while saving; wait for what is in flight so no frame is cut by the snapshot.
+      await this.#machine.agent.whenIdle(this.#machine.config.agentTimeoutMs);
       await this.#job('snapshot-save', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE] }, options);
       this.#tags.add(tag);
     } catch (error) {

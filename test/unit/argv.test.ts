@@ -59,6 +59,16 @@ describe('buildQemuArgv', () => {
     expect(append).toContain('init_on_free=1');
   });
 
+  it('boots q35 through qboot by default and SeaBIOS on request', () => {
+    expect(valueAfter(argvFor({}), '-bios')).toEqual(['qboot.rom']);
+    expect(argvFor({ firmware: 'seabios' })).not.toContain('-bios');
+  });
+
+  it('tells a microvm kernel the host TSC rate', () => {
+    const argv = buildQemuArgv({ config: parseMachineConfig({ machine: 'microvm' }), kernel: 'k', initrd: 'i', accelerators: ['tcg'], paths, hostTscKhz: 2_096_042 });
+    expect(valueAfter(argv, '-append')[0]).toContain('tsc_early_khz=2096042');
+  });
+
   it('uses virtio-mmio devices on microvm', () => {
     const argv = argvFor({ machine: 'microvm' });
     expect(valueAfter(argv, '-machine')[0]).toMatch(/^microvm/);

@@ -65,7 +65,8 @@ export class AgentSession {
   #nextId = 1;
   readonly #pending = new Map<number, Pending>();
   readonly #socket: net.Socket;
-  readonly #decoder: FrameDecoder;
+  #decoder: FrameDecoder;
+  readonly #idleWaiters = new Set<() => void>();
   readonly #options: AgentSessionOptions;
   #failure: EvolvmError | undefined;
   readonly closed: Promise<void>;
@@ -169,9 +170,32 @@ export class AgentSession {
    */
   async resync(reason: string, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<GuestHello> {
     this.failPending(new AgentDisconnectedError(undefined, reason));
+    // A frame cut short by the restore will never be finished: start the stream afresh. The restored guest was
+    // quiet when its snapshot was saved (see whenIdle), so its next byte starts a frame.
+    this.#decoder = new FrameDecoder(this.#options.maxFrameBytes ?? MAX_FRAME_BYTES);
     const value = await this.request('hello', {}, options);
     this.#hello = parseHello(value);
     return this.#hello;
+  }
+
+  /**
+   * Resolves once no request is in flight, so that a snapshot taken now holds no half-sent frame.
+   * @throws {AgentTimeoutError} when requests are still pending after `timeoutMs`.
+   */
+  async whenIdle(timeoutMs: number): Promise<void> {
+    if (this.#pending.size === 0) return;
+    await new Promise<void>((resolve, reject) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.#idleWaiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.#idleWaiters.delete(done);
+        reject(new AgentTimeoutError(`quiesce (${this.#pending.size} requests in flight)`, timeoutMs));
+      }, timeoutMs);
+      this.#idleWaiters.add(done);
+    });
   }
 
   /** Rejects every pending request with `error`; the session stays open. */
@@ -258,6 +282,7 @@ export class AgentSession {
     if (!pending) return;
     this.#pending.delete(id);
     pending.cleanup();
+    if (this.#pending.size === 0) for (const waiter of [...this.#idleWaiters]) waiter();
     if (error) pending.reject(error);
     else pending.resolve(value);
   }
