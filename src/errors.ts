@@ -21,7 +21,13 @@ export type ErrorCode =
   | 'STAGE_POISONED'
   | 'TRANSITION_FAILED'
   | 'HOST_FUNCTIONS_MISMATCH'
-  | 'CALL_TIMEOUT';
+  | 'CALL_TIMEOUT'
+  | 'SNAPSHOT_CORRUPT'
+  | 'SNAPSHOT_INCOMPATIBLE'
+  | 'SNAPSHOT_NOT_FOUND'
+  | 'SNAPSHOT_EXISTS'
+  | 'SNAPSHOT_LOCKED'
+  | 'SNAPSHOT_IN_USE_BY_CHILD';
 
 /** The base class of every error evolvm throws. */
 export abstract class EvolvmError extends Error {
@@ -265,6 +271,12 @@ export function isFatal(error: EvolvmError): boolean {
     case 'TRANSITION_FAILED':
     case 'HOST_FUNCTIONS_MISMATCH':
     case 'CALL_TIMEOUT':
+    case 'SNAPSHOT_CORRUPT':
+    case 'SNAPSHOT_INCOMPATIBLE':
+    case 'SNAPSHOT_NOT_FOUND':
+    case 'SNAPSHOT_EXISTS':
+    case 'SNAPSHOT_LOCKED':
+    case 'SNAPSHOT_IN_USE_BY_CHILD':
       return false;
     default: {
       const unreachable: never = code;

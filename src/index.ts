@@ -19,3 +19,4 @@ export { defineTransition, type Transition, type TransitionContext } from './tra
 export { loadRuntime, type RuntimeSpec } from './transitions/load-runtime.js';
 export { loadCode } from './transitions/load-code.js';
 export { InVmSnapshots } from './snapshot/in-vm-snapshots.js';
+export * from './snapshot/store/index.js';

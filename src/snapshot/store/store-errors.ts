@@ -104,11 +104,11 @@ export class SnapshotNotFoundError extends EvolvmError {
 /** The name is taken, by a committed snapshot (`existingId`) or by a create still in progress (null). */
 export class SnapshotExistsError extends EvolvmError {
   readonly code = 'SNAPSHOT_EXISTS' as Extract<ErrorCode, 'SNAPSHOT_EXISTS'>;
-  constructor(readonly name: string, readonly existingId: string | null, options?: { cause?: unknown }) {
+  constructor(readonly snapshotName: string, readonly existingId: string | null, options?: { cause?: unknown }) {
     super(
       existingId
-        ? `a snapshot named ${name} already exists (${existingId}); snapshots are never overwritten`
-        : `a snapshot named ${name} is being created by another writer`,
+        ? `a snapshot named ${snapshotName} already exists (${existingId}); snapshots are never overwritten`
+        : `a snapshot named ${snapshotName} is being created by another writer`,
       options,
     );
   }
