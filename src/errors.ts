@@ -27,7 +27,8 @@ export type ErrorCode =
   | 'SNAPSHOT_NOT_FOUND'
   | 'SNAPSHOT_EXISTS'
   | 'SNAPSHOT_LOCKED'
-  | 'SNAPSHOT_IN_USE_BY_CHILD';
+  | 'SNAPSHOT_IN_USE_BY_CHILD'
+  | 'SNAPSHOT_MISMATCH';
 
 /** The base class of every error evolvm throws. */
 export abstract class EvolvmError extends Error {
@@ -245,6 +246,23 @@ export class CallTimeoutError extends EvolvmError {
 }
 
 /**
+ * A persisted snapshot cannot be restored here: it is of another stage than the class asked for, or was made by
+ * another QEMU version, machine type or guest image.
+ */
+export class SnapshotMismatchError extends EvolvmError {
+  readonly code = 'SNAPSHOT_MISMATCH' as const;
+  constructor(
+    readonly snapshot: string,
+    readonly what: 'stage' | 'qemu' | 'machine' | 'guest',
+    readonly expected: string,
+    readonly actual: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`snapshot ${snapshot} cannot be restored here: its ${what} is ${expected}, this host has ${actual}`, options);
+  }
+}
+
+/**
  * Whether an error means the VM can no longer be trusted or used. Switches over every code so that a new
  * code must be classified here before it compiles.
  */
@@ -277,6 +295,7 @@ export function isFatal(error: EvolvmError): boolean {
     case 'SNAPSHOT_EXISTS':
     case 'SNAPSHOT_LOCKED':
     case 'SNAPSHOT_IN_USE_BY_CHILD':
+    case 'SNAPSHOT_MISMATCH':
       return false;
     default: {
       const unreachable: never = code;

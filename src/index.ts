@@ -1,6 +1,6 @@
 export * from './errors.js';
 export { Machine, type BootOptions } from './qemu/machine.js';
-export { MachineConfigSchema, parseMachineConfig, type MachineConfig, type MachineConfigInput } from './qemu/config.js';
+export { MachineConfigSchema, parseMachineConfig, RestoreConfigSchema, type MachineConfig, type MachineConfigInput, type RestoreConfigInput } from './qemu/config.js';
 export type { ExecOptions, ExecResult, FileReadOptions, FileWriteOptions } from './qemu/agent/guest-ops.js';
 export type { GuestHello } from './qemu/agent/messages.js';
 export type { LifecycleState } from './qemu/lifecycle.js';
@@ -8,7 +8,7 @@ export { buildQemuArgv, type QemuLaunch } from './qemu/argv.js';
 export { FrameDecoder, MAX_FRAME_BYTES } from './qemu/agent/frame-decoder.js';
 export { encodeFrame } from './qemu/agent/frame-encoder.js';
 export { Stage, RootStage, ChildStage, sandboxOf, type StageClass, type StageStatus, type DataOf, type ParentOf, type AncestorOf, type EvolveOptions, type StageOperationOptions } from './states/stage.js';
-export { Sandbox, type SandboxBootOptions, type LineageNode } from './states/sandbox.js';
+export { Sandbox, type SandboxBootOptions, type LineageNode, type PersistOptions, type RestoreOptions } from './states/sandbox.js';
 export type { GuestAccess } from './states/guest-access.js';
 export { KernelBooted } from './states/kernel-booted.js';
 export { RuntimeLoaded, type RuntimeInfo } from './states/runtime-loaded.js';

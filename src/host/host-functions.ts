@@ -112,8 +112,17 @@ export class HostFunctionSet {
     for (const signature of recorded) {
       const offered = this.#byName.get(signature.name);
       if (!offered) missing.push(signature.name);
-      else if (JSON.stringify(offered.signature) !== JSON.stringify(signature)) mismatched.push(signature.name);
+      else if (canonicalJson(offered.signature) !== canonicalJson(signature)) mismatched.push(signature.name);
     }
     if (missing.length > 0 || mismatched.length > 0) throw new HostFunctionsMismatchError(context, missing, mismatched);
   }
+}
+
+/** JSON with object keys sorted, so that equal signatures compare equal whatever order their keys came in. */
+function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    v && typeof v === 'object' && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : v,
+  );
 }

@@ -5,6 +5,8 @@ import type { RunPaths } from './run-paths.js';
 export const AGENT_PORT_NAME = 'org.evolvm.agent';
 /** The block node that holds in-VM snapshots (snapshot jobs name nodes, not drives: QEMU-NOTES pitfall 2). */
 export const SCRATCH_NODE = 'scratch0';
+/** The guest's disk (/dev/vda): rolled back with RAM by in-VM snapshots, persisted as a qcow2 layer. */
+export const DATA_NODE = 'data0';
 
 /**
  * The kernel command line evolvm always passes. `init_on_free=1` zeroes freed pages so snapshots skip them;
@@ -32,6 +34,11 @@ export interface QemuLaunch {
   readonly incoming?: boolean;
   /** The host's TSC rate, for microvm's kernel command line. */
   readonly hostTscKhz?: number;
+  /**
+   * Guest RAM: a file mapped shared (a booted machine, so a persist can copy it) or private (a restored machine:
+   * copy-on-write over a snapshot's RAM image, which is never written). Default: `paths.ramFile`, shared.
+   */
+  readonly ram?: { readonly path: string; readonly share: boolean };
 }
 
 /** Builds the qemu-system argv for one machine. Pure: no I/O, same input → same output. */
@@ -40,9 +47,11 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
   const microvm = config.machine === 'microvm';
   // microvm has no PCI bus: its virtio devices sit on virtio-mmio.
   const bus = microvm ? 'device' : 'pci';
+  const ram = launch.ram ?? { path: paths.ramFile, share: true };
   const cmdline = [baseKernelCmdline(config.machine, launch.hostTscKhz), config.cmdline].filter((part) => part.length > 0).join(' ');
   const argv = [
-    '-machine', microvm ? 'microvm,ioapic2=off' : 'q35',
+    '-machine', `${microvm ? 'microvm,ioapic2=off' : 'q35'},memory-backend=ram0`,
+    '-object', `memory-backend-file,id=ram0,size=${config.memoryMiB}M,mem-path=${ram.path},share=${ram.share ? 'on' : 'off'}`,
     ...(microvm || config.firmware === 'qboot' ? ['-bios', 'qboot.rom'] : []),
     ...launch.accelerators.flatMap((accel) => ['-accel', accel]),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
@@ -56,8 +65,10 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
     '-device', `virtio-serial-${bus},id=vser0`,
     '-chardev', `socket,id=agent,path=${paths.agentSocket},server=on,wait=off`,
     '-device', `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
+    '-drive', `if=none,id=data,node-name=${DATA_NODE},file=${paths.dataDisk},format=qcow2,cache=unsafe,discard=unmap`,
+    '-device', `virtio-blk-${bus},drive=data`,
+    // Holds vmstate only; no guest device, so the guest cannot touch snapshots.
     '-drive', `if=none,id=scratch,node-name=${SCRATCH_NODE},file=${paths.scratchDisk},format=qcow2,cache=unsafe,discard=unmap`,
-    '-device', `virtio-blk-${bus},drive=scratch`,
   ];
   if (launch.incoming) argv.push('-incoming', 'defer');
   return argv;

@@ -40,9 +40,27 @@ export const MachineConfigSchema = z.strictObject({
   qmpTimeoutMs: z.number().int().positive().max(3_600_000).default(60_000),
   /** Virtual size of the qcow2 scratch disk that holds in-VM snapshots. */
   scratchDiskMiB: z.number().int().min(16).max(1024 * 1024).default(4096),
+  /** Virtual size of the guest's disk (/dev/vda), a sparse qcow2. */
+  dataDiskMiB: z.number().int().min(16).max(1024 * 1024).default(1024),
   /** Delay between SIGTERM and SIGKILL when the QEMU process is stopped. */
   killGraceMs: z.number().int().min(0).max(60_000).default(2_000),
 });
+
+/**
+ * The options of a restore from a persisted snapshot. Memory size, CPU count and machine type are the
+ * snapshot's (its device state only loads into the same shape), so they are not options here.
+ */
+export const RestoreConfigSchema = MachineConfigSchema.omit({ memoryMiB: true, cpus: true, machine: true });
+export type RestoreConfigInput = z.input<typeof RestoreConfigSchema>;
+export type RestoreConfig = Readonly<z.output<typeof RestoreConfigSchema>>;
+
+/**
+ * Validates restore options.
+ * @throws {ConfigInvalidError} naming each offending option's path and value.
+ */
+export function parseRestoreConfig(input: unknown): RestoreConfig {
+  return parseWith(RestoreConfigSchema, input);
+}
 
 /** What a caller may pass to {@link Machine.boot}. */
 export type MachineConfigInput = z.input<typeof MachineConfigSchema>;

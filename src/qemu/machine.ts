@@ -18,12 +18,12 @@ import {
   type FileWriteOptions,
 } from './agent/guest-ops.js';
 import type { GuestHello } from './agent/messages.js';
-import { buildQemuArgv } from './argv.js';
+import { buildQemuArgv, type QemuLaunch } from './argv.js';
 import { parseMachineConfig, type MachineConfig, type MachineConfigInput } from './config.js';
 import { resolveGuestImage, type GuestImage } from './guest-image.js';
 import { Lifecycle, type LifecycleState } from './lifecycle.js';
 import { QemuProcess } from './qemu-process.js';
-import { QmpClient } from './qmp/index.js';
+import { QmpClient, waitMigration } from './qmp/index.js';
 import { createScratchDisk } from './scratch-disk.js';
 import { runPaths, type RunPaths } from './run-paths.js';
 
@@ -101,10 +101,49 @@ export class Machine implements AsyncDisposable {
     const cleanup = new CleanupStack();
     try {
       const paths = await createRunDir(config, cleanup);
-      await createScratchDisk(config.qemuBinary, paths.scratchDisk, config.scratchDiskMiB);
-      const process = spawnQemu(config, image, paths, cleanup);
+      await Promise.all([
+        createScratchDisk(config.qemuBinary, paths.scratchDisk, config.scratchDiskMiB),
+        createScratchDisk(config.qemuBinary, paths.dataDisk, config.dataDiskMiB),
+      ]);
+      const process = spawnQemu(config, image, paths, cleanup, {});
       const lifecycle = new Lifecycle();
       const started = await raceExit(process, 'boot', connectChannels(config, paths, process, cleanup, options.signal));
+      lifecycle.send({ type: 'BOOTED' });
+      return new Machine({ id: randomUUID(), config, image, paths, process, lifecycle, cleanup, ...started });
+    } catch (error) {
+      await cleanup.dispose();
+      throw error;
+    }
+  }
+
+  /**
+   * Starts a machine from a persisted snapshot instead of booting: its RAM maps the snapshot's RAM image
+   * copy-on-write (the image is never written), QEMU loads the device state with `-incoming defer`, and its
+   * disk is a fresh qcow2 overlay over the snapshot's layer. Restoring is its own list of steps:
+   * run directory → scratch disk + overlay → QEMU (paused, incoming) → QMP → incoming migration → cont → agent.
+   * The caller refreshes the guest's clock, RNG and identity.
+   * @throws the errors of {@link boot}, and {@link QmpCommandError} when the migration fails.
+   */
+  static async restore(input: MachineConfigInput, source: RestoreSource, options: BootOptions = {}): Promise<Machine> {
+    const config = parseMachineConfig(input);
+    const image = resolveGuestImage(config.kernel, config.initrd);
+    const cleanup = new CleanupStack();
+    try {
+      const paths = await createRunDir(config, cleanup);
+      await Promise.all([
+        createScratchDisk(config.qemuBinary, paths.scratchDisk, config.scratchDiskMiB),
+        createScratchDisk(config.qemuBinary, paths.dataDisk, config.dataDiskMiB, source.diskLayer),
+      ]);
+      const process = spawnQemu(config, image, paths, cleanup, { incoming: true, ram: { path: source.ramImage, share: false } });
+      const lifecycle = new Lifecycle();
+      const started = await raceExit(process, 'restore', (async () => {
+        const qmp = await QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal: options.signal });
+        cleanup.defer('qmp', () => qmp.close());
+        await loadDeviceState(qmp, source, config.qmpTimeoutMs, options.signal);
+        const agent = await connectAgent(config, paths, process, options.signal, true);
+        cleanup.defer('agent', () => agent.close());
+        return { qmp, agent };
+      })());
       lifecycle.send({ type: 'BOOTED' });
       return new Machine({ id: randomUUID(), config, image, paths, process, lifecycle, cleanup, ...started });
     } catch (error) {
@@ -213,6 +252,11 @@ export class Machine implements AsyncDisposable {
     return this.#exitError;
   }
 
+  /** Registers a resource to release when the machine stops (after QEMU has exited). */
+  deferCleanup(name: string, run: () => unknown): void {
+    this.#cleanup.defer(name, run);
+  }
+
   /** Calls `listener` once if QEMU exits without being asked to. Returns an unsubscribe function. */
   onUnexpectedExit(listener: (error: QemuExitedError) => void): () => void {
     if (this.#exitError) {
@@ -275,7 +319,13 @@ async function createRunDir(config: MachineConfig, cleanup: CleanupStack): Promi
   return runPaths(dir);
 }
 
-function spawnQemu(config: MachineConfig, image: GuestImage, paths: RunPaths, cleanup: CleanupStack): QemuProcess {
+function spawnQemu(
+  config: MachineConfig,
+  image: GuestImage,
+  paths: RunPaths,
+  cleanup: CleanupStack,
+  restore: Pick<QemuLaunch, 'incoming' | 'ram'>,
+): QemuProcess {
   const argv = buildQemuArgv({
     config,
     kernel: image.kernel,
@@ -283,10 +333,38 @@ function spawnQemu(config: MachineConfig, image: GuestImage, paths: RunPaths, cl
     accelerators: resolveAccelerators(config.accel, kvmUsable()),
     paths,
     hostTscKhz: config.machine === 'microvm' ? hostTscKhz() : undefined,
+    ...restore,
   });
+  // QEMU creates the shared RAM file; a restored machine maps the snapshot's image instead and creates none.
+  if (!restore.ram) cleanup.defer('ram file', () => rm(paths.ramFile, { force: true }));
   const process = QemuProcess.spawn(config.qemuBinary, argv, { consoleLog: paths.consoleLog, killGraceMs: config.killGraceMs });
   cleanup.defer('qemu process', () => process.kill());
   return process;
+}
+
+/** Where a restored machine's state comes from (a persisted snapshot's files). */
+export interface RestoreSource {
+  /** The guest RAM image, mapped copy-on-write; the device state follows it in the same file. */
+  readonly ramImage: string;
+  /** Byte offset of QEMU's device-state stream in `ramImage`. */
+  readonly deviceStateOffset: number;
+  /** The qcow2 layer the machine's disk overlay is backed by. */
+  readonly diskLayer: string;
+}
+
+/** Loads the device state of a paused `-incoming defer` QEMU and resumes it. */
+async function loadDeviceState(qmp: QmpClient, source: RestoreSource, timeoutMs: number, signal: AbortSignal | undefined): Promise<void> {
+  // The source saved with x-ignore-shared: RAM is not in the stream, it is the mapped image.
+  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+  await qmp.execute('migrate-incoming', { uri: `exec:tail -c +${source.deviceStateOffset + 1} ${shellQuote(source.ramImage)}` });
+  await waitMigration(qmp, { timeoutMs, signal });
+  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: false }] });
+  await qmp.execute('cont');
+}
+
+/** Quotes a path for the shell QEMU runs `exec:` migration URIs with. */
+export function shellQuote(path: string): string {
+  return `'${path.replaceAll("'", `'\\''`)}'`;
 }
 
 async function connectChannels(
@@ -297,13 +375,7 @@ async function connectChannels(
   signal: AbortSignal | undefined,
 ): Promise<{ qmp: QmpClient; agent: AgentSession }> {
   const qmpPromise = QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal });
-  const agentPromise = AgentSession.connect({
-    socketPath: paths.agentSocket,
-    helloTimeoutMs: config.bootTimeoutMs,
-    requestTimeoutMs: config.agentTimeoutMs,
-    signal,
-    closeReason: () => exitReason(process),
-  });
+  const agentPromise = connectAgent(config, paths, process, signal, false);
   // Register each channel's cleanup as soon as it exists, even if the other one fails.
   const [qmp, agent] = await Promise.allSettled([qmpPromise, agentPromise]);
   if (qmp.status === 'fulfilled') cleanup.defer('qmp', () => qmp.value.close());
@@ -311,6 +383,23 @@ async function connectChannels(
   if (qmp.status === 'rejected') throw qmp.reason;
   if (agent.status === 'rejected') throw agent.reason;
   return { qmp: qmp.value, agent: agent.value };
+}
+
+function connectAgent(
+  config: MachineConfig,
+  paths: RunPaths,
+  process: QemuProcess,
+  signal: AbortSignal | undefined,
+  requestHello: boolean,
+): Promise<AgentSession> {
+  return AgentSession.connect({
+    socketPath: paths.agentSocket,
+    helloTimeoutMs: config.bootTimeoutMs,
+    requestTimeoutMs: config.agentTimeoutMs,
+    signal,
+    requestHello,
+    closeReason: () => exitReason(process),
+  });
 }
 
 /** The error for a lost agent channel: QEMU's exit when it exited, else a plain disconnect. */

@@ -1,20 +1,27 @@
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 
-/** The files of one machine's run directory. */
+/** The files of one machine's run directory, plus its RAM file (on tmpfs, so sharing it costs no disk I/O). */
 export interface RunPaths {
   readonly dir: string;
   readonly qmpSocket: string;
   readonly agentSocket: string;
   readonly consoleLog: string;
+  /** qcow2 holding in-VM snapshots' vmstate; not visible to the guest. */
   readonly scratchDisk: string;
+  /** qcow2 the guest sees as /dev/vda. */
+  readonly dataDisk: string;
+  /** The guest RAM's backing file. */
+  readonly ramFile: string;
 }
 
-export function runPaths(dir: string): RunPaths {
+export function runPaths(dir: string, shmDir = '/dev/shm'): RunPaths {
   return {
     dir,
     qmpSocket: join(dir, 'qmp.sock'),
     agentSocket: join(dir, 'agent.sock'),
     consoleLog: join(dir, 'console.log'),
     scratchDisk: join(dir, 'scratch.qcow2'),
+    dataDisk: join(dir, 'data.qcow2'),
+    ramFile: join(shmDir, `${basename(dir)}.ram`),
   };
 }

@@ -1,5 +1,5 @@
 import { SnapshotError } from '../errors.js';
-import { SCRATCH_NODE } from '../qemu/argv.js';
+import { DATA_NODE, SCRATCH_NODE } from '../qemu/argv.js';
 import type { Machine } from '../qemu/machine.js';
 import { runJob } from '../qemu/qmp/index.js';
 
@@ -28,7 +28,7 @@ export class InVmSnapshots {
   }
 
   /**
-   * Saves RAM, device state and the scratch disk under `tag`; the guest keeps running afterwards.
+   * Saves RAM, device state and the guest's disk under `tag`; the guest keeps running afterwards.
    * @throws {SnapshotError} with the QMP or QEMU-exit error as cause.
    * @throws {OperationNotAllowedError} when the machine is not running or paused.
    */
@@ -38,7 +38,7 @@ export class InVmSnapshots {
     try {
       // No new guest I/O starts while saving; wait for what is in flight so no frame is cut by the snapshot.
       await this.#machine.agent.whenIdle(this.#machine.config.agentTimeoutMs);
-      await this.#job('snapshot-save', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE] }, options);
+      await this.#job('snapshot-save', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE, DATA_NODE] }, options);
       this.#tags.add(tag);
     } catch (error) {
       throw new SnapshotError('save', tag, { cause: this.#machine.exitError ?? error });
@@ -57,7 +57,7 @@ export class InVmSnapshots {
     const machine = this.#machine;
     machine.lifecycle.send({ type: 'RESTORE' });
     try {
-      await this.#job('snapshot-load', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE] }, options);
+      await this.#job('snapshot-load', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE, DATA_NODE] }, options);
     } catch (error) {
       machine.lifecycle.trySend({ type: 'RESTORE_DONE', paused: false });
       throw new SnapshotError('load', tag, { cause: machine.exitError ?? error });
@@ -78,7 +78,7 @@ export class InVmSnapshots {
   async delete(tag: string, options: SnapshotCallOptions = {}): Promise<void> {
     this.#machine.lifecycle.assert('qmp', 'snapshot delete');
     try {
-      await this.#job('snapshot-delete', tag, { devices: [SCRATCH_NODE] }, options);
+      await this.#job('snapshot-delete', tag, { devices: [SCRATCH_NODE, DATA_NODE] }, options);
       this.#tags.delete(tag);
     } catch (error) {
       throw new SnapshotError('delete', tag, { cause: this.#machine.exitError ?? error });

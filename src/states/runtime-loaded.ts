@@ -1,3 +1,6 @@
+import type { RestoreConfigInput } from '../qemu/config.js';
+import type { SnapshotStore } from '../snapshot/store/snapshot-store.js';
+import { Sandbox, type RestoreOptions } from './sandbox.js';
 import type { RuntimeKind } from '../transitions/runtime-kinds.js';
 import type { KernelBooted } from './kernel-booted.js';
 import { ChildStage } from './stage.js';
@@ -15,6 +18,23 @@ export interface RuntimeInfo {
 export class RuntimeLoaded extends ChildStage<KernelBooted, RuntimeInfo> {
   static readonly stageName = 'RuntimeLoaded';
   declare private readonly brand: 'RuntimeLoaded';
+
+  /**
+   * Starts a new sandbox in this stage from a persisted snapshot, without booting.
+   * @throws {SnapshotMismatchError} for a snapshot of another stage (or QEMU, machine type, guest image).
+   * @throws see {@link Sandbox.restore}.
+   */
+  static fromSnapshot(store: SnapshotStore, ref: string, config?: RestoreConfigInput, options?: RestoreOptions): Promise<RuntimeLoaded> {
+    return Sandbox.restore(RuntimeLoaded, store, ref, config, options);
+  }
+
+  /**
+   * Starts `count` sandboxes in this stage from one persisted snapshot, sharing its memory copy-on-write.
+   * @throws see {@link Sandbox.fork}.
+   */
+  static fork(store: SnapshotStore, ref: string, count: number, config?: RestoreConfigInput, options?: RestoreOptions): Promise<RuntimeLoaded[]> {
+    return Sandbox.fork(RuntimeLoaded, store, ref, count, config, options);
+  }
 
   /** The loaded runtime. */
   get runtime(): RuntimeInfo {

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import {
+  SnapshotMismatchError,
   AgentTimeoutError,
   EvolvmError,
   isFatal,
@@ -14,7 +15,14 @@ import { InVmSnapshots } from '../snapshot/in-vm-snapshots.js';
 import type { Transition } from '../transitions/transition.js';
 import { withDeadline } from '../util/deadline.js';
 import { HostFunctionSet, type HostFunction, type HostFunctionSignature } from '../host/host-functions.js';
+import { z } from 'zod';
 import type { RequestOptions } from '../qemu/agent/agent-session.js';
+import { parseRestoreConfig, type RestoreConfigInput } from '../qemu/config.js';
+import { resolveGuestImage } from '../qemu/guest-image.js';
+import { assertCompatible, qemuVersion } from '../snapshot/compatibility.js';
+import { persistMachineState } from '../snapshot/persist-machine.js';
+import type { SnapshotManifestDraft } from '../snapshot/store/manifest.js';
+import type { SnapshotInfo, SnapshotStore } from '../snapshot/store/snapshot-store.js';
 import type { GuestAccess } from './guest-access.js';
 import { issueHandle, type EvolveOptions, type RootStage, type Stage, type StageClass, type StageOperationOptions } from './stage.js';
 
@@ -32,6 +40,18 @@ export interface LineageNode {
   dirty: boolean;
   /** The host functions offered when this stage was entered; restoring it needs a superset. */
   readonly hostFunctions: readonly HostFunctionSignature[];
+  /** Where this stage was persisted, so that a descendant persisted to the same store layers on it. */
+  persisted?: { readonly store: SnapshotStore; readonly id: string };
+}
+
+export interface PersistOptions {
+  signal?: AbortSignal;
+}
+
+export interface RestoreOptions {
+  signal?: AbortSignal;
+  /** Must be a superset, with matching signatures, of the host functions the snapshot was made with. */
+  hostFunctions?: readonly HostFunction[];
 }
 
 export interface SandboxBootOptions {
@@ -56,6 +76,7 @@ export class Sandbox {
   #nodeIds = 0;
   #tagGeneration = 0;
   readonly #tagged = new Set<LineageNode>();
+  #restoredFrom: string | undefined;
   #hostFunctions: HostFunctionSet;
 
   private constructor(machine: Machine, hostFunctions: HostFunctionSet) {
@@ -176,6 +197,146 @@ export class Sandbox {
     });
   }
 
+  /**
+   * Writes the stage to a snapshot store: guest RAM image + device state, the disk as a qcow2 layer (over the
+   * layer of the nearest ancestor persisted to the same store), and a manifest. The guest pauses for the copy
+   * and then goes on; the stage stays current.
+   * @throws {OperationNotAllowedError} for a sandbox that was itself restored (its RAM is a private mapping).
+   * @throws the store's errors ({@link SnapshotExistsError} for a taken name) and {@link QmpCommandError}.
+   */
+  async persist(stage: Stage, store: SnapshotStore, name: string, options: PersistOptions = {}): Promise<SnapshotInfo> {
+    const node = this.#assertReady(stage, 'persist');
+    if (this.#restoredFrom) {
+      throw new OperationNotAllowedError('persist', 'restored from a snapshot (its RAM is a copy-on-write mapping of that snapshot)');
+    }
+    return this.#exclusive('persist', async () => {
+      const { machine } = this;
+      const parent = nearestPersisted(node.parent, store);
+      machine.lifecycle.send({ type: 'SAVE' });
+      try {
+        await machine.agent.whenIdle(machine.config.agentTimeoutMs);
+        const info = await store.create(
+          name,
+          async (_staging, context) => {
+            await persistMachineState(machine, { vmstate: context.vmstatePath, disk: context.diskPath }, {
+              parentDisk: parent ? `../${parent.id}/disk` : undefined,
+              signal: options.signal,
+            });
+            return this.#manifestDraft(node, parent?.id ?? null);
+          },
+          options,
+        );
+        node.persisted = { store, id: info.id };
+        return info;
+      } finally {
+        machine.lifecycle.trySend({ type: 'SAVE_DONE', paused: false });
+      }
+    });
+  }
+
+  /**
+   * Starts a new sandbox from a persisted snapshot of stage `stageClass`, with a fresh identity: its own id,
+   * sockets and disk overlay, the guest clock set and its RNG reseeded.
+   * @throws {SnapshotMismatchError} for a snapshot of another stage, QEMU version, machine type or guest image.
+   * @throws {HostFunctionsMismatchError} when `options.hostFunctions` is not a superset of the snapshot's.
+   * @throws the store's errors (not found, corrupt) and those of {@link Machine.restore}.
+   */
+  static async restore<S extends Stage>(
+    stageClass: StageClass<S>,
+    store: SnapshotStore,
+    ref: string,
+    input: RestoreConfigInput = {},
+    options: RestoreOptions = {},
+  ): Promise<S> {
+    const config = parseRestoreConfig(input);
+    const lease = await store.lease(ref, options);
+    try {
+      const { manifest, paths, id } = lease.snapshot;
+      if (manifest.stage.name !== stageClass.stageName) throw new SnapshotMismatchError(ref, 'stage', manifest.stage.name, stageClass.stageName);
+      const extra = PersistedExtraSchema.parse(manifest.extra ?? {});
+      const machineConfig = { ...config, memoryMiB: manifest.memoryMiB, cpus: extra.cpus, machine: manifest.qemu.machine as 'q35' };
+      assertCompatible(manifest, ref, {
+        qemuVersion: qemuVersion(config.qemuBinary),
+        machine: machineConfig.machine,
+        imageHash: resolveGuestImage(config.kernel, config.initrd).hash,
+      });
+      const hostFunctions = new HostFunctionSet(options.hostFunctions ?? []);
+      hostFunctions.assertSupersetOf(manifest.hostFunctions as unknown as HostFunctionSignature[], `restore ${ref}`);
+      const machine = await Machine.restore(
+        machineConfig,
+        { ramImage: paths.vmstate, deviceStateOffset: extra.deviceStateOffset, diskLayer: paths.disk },
+        options,
+      );
+      machine.deferCleanup('snapshot lease', () => lease.release());
+      const sandbox = new Sandbox(machine, hostFunctions);
+      sandbox.#restoredFrom = id;
+      try {
+        await machine.refreshIdentity(options);
+        await machine.writeFile('/run/evolvm/sandbox-id', sandbox.id, { mkdirs: true });
+      } catch (error) {
+        await machine.stop();
+        throw error;
+      }
+      let parent: LineageNode | undefined;
+      manifest.stage.lineage.forEach((entry, index) => {
+        const last = index === manifest.stage.lineage.length - 1;
+        // Ancestors have no snapshot in this sandbox; their classes are needed only for their names.
+        const cls: StageClass = last ? stageClass : { stageName: entry.stage, prototype: stageClass.prototype };
+        const transition = entry.transition ? { name: entry.transition, args: entry.args } : undefined;
+        parent = { ...sandbox.#newNode(cls, parent, extra.lineageData[index] ?? null, transition), hostFunctions: manifest.hostFunctions as unknown as HostFunctionSignature[] };
+      });
+      parent!.persisted = { store, id };
+      return sandbox.#enter(parent!) as S;
+    } catch (error) {
+      await lease.release();
+      throw error;
+    }
+  }
+
+  /**
+   * Starts `count` sandboxes from one persisted snapshot at once. They share the snapshot's RAM image
+   * copy-on-write (memory is paid only for what each changes) and each has its own disk overlay and identity.
+   * If any fails, the others are closed and the first error is thrown.
+   * @throws see {@link restore}.
+   */
+  static async fork<S extends Stage>(
+    stageClass: StageClass<S>,
+    store: SnapshotStore,
+    ref: string,
+    count: number,
+    input: RestoreConfigInput = {},
+    options: RestoreOptions = {},
+  ): Promise<S[]> {
+    const results = await Promise.allSettled(Array.from({ length: count }, () => Sandbox.restore(stageClass, store, ref, input, options)));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (!failed) return results.map((r) => (r as PromiseFulfilledResult<S>).value);
+    await Promise.all(results.map((r) => (r.status === 'fulfilled' ? r.value.close() : undefined)));
+    throw failed.reason;
+  }
+
+  #manifestDraft(node: LineageNode, parentId: string | null): SnapshotManifestDraft {
+    const nodes: LineageNode[] = [];
+    for (let n: LineageNode | undefined = node; n; n = n.parent) nodes.unshift(n);
+    const { config } = this.machine;
+    const extra: PersistedExtra = {
+      cpus: config.cpus,
+      deviceStateOffset: config.memoryMiB * 1024 * 1024,
+      lineageData: nodes.map((n) => (n.data === undefined ? null : n.data)),
+    };
+    return {
+      stage: {
+        name: node.stageClass.stageName,
+        lineage: nodes.map((n) => ({ stage: n.stageClass.stageName, transition: n.transition?.name ?? null, args: n.transition?.args ?? null })),
+      },
+      parent: parentId,
+      qemu: { version: qemuVersion(config.qemuBinary), machine: config.machine },
+      guest: { imageHash: this.machine.image.hash },
+      memoryMiB: config.memoryMiB,
+      hostFunctions: node.hostFunctions,
+      extra,
+    };
+  }
+
   /** Stops the machine; every stage object becomes poisoned ("closed"). Idempotent. */
   async close(): Promise<void> {
     if (!this.#poison) this.#poison = { reason: 'sandbox closed', cause: undefined };
@@ -291,6 +452,21 @@ export class Sandbox {
   }
 }
 
+
+/** What evolvm keeps in a manifest's `extra`: what it needs to restore that the store's schema does not name. */
+const PersistedExtraSchema = z.object({
+  cpus: z.number().int().positive(),
+  /** Where the device state starts in the vmstate file (after the RAM image). */
+  deviceStateOffset: z.number().int().positive(),
+  /** Each lineage node's data, root first. */
+  lineageData: z.array(z.unknown()),
+});
+type PersistedExtra = z.infer<typeof PersistedExtraSchema>;
+
+function nearestPersisted(node: LineageNode | undefined, store: SnapshotStore): LineageNode['persisted'] {
+  for (let n = node; n; n = n.parent) if (n.persisted?.store === store) return n.persisted;
+  return undefined;
+}
 
 function findAncestor(from: LineageNode, target: StageClass | undefined): LineageNode | undefined {
   if (!target) return from.parent;

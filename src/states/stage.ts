@@ -2,7 +2,8 @@ import type { RequestOptions } from '../qemu/agent/agent-session.js';
 import type { ExecOptions, ExecResult, FileReadOptions, FileWriteOptions } from '../qemu/agent/guest-ops.js';
 import type { Transition } from '../transitions/transition.js';
 import type { GuestAccess } from './guest-access.js';
-import type { LineageNode, Sandbox } from './sandbox.js';
+import type { SnapshotInfo, SnapshotStore } from '../snapshot/store/snapshot-store.js';
+import type { LineageNode, PersistOptions, Sandbox } from './sandbox.js';
 
 /** ready: the sandbox is in this stage; consumed: it was evolved or devolved; poisoned: the sandbox is gone. */
 export type StageStatus = 'ready' | 'consumed' | 'poisoned';
@@ -151,6 +152,14 @@ export abstract class Stage<Data = unknown> implements AsyncDisposable, GuestAcc
    */
   evolve<S extends Stage, To extends Stage>(this: S, transition: Transition<NoInfer<S>, To>, options?: EvolveOptions): Promise<To> {
     return handleOf(this).sandbox.evolve(this, transition, options);
+  }
+
+  /**
+   * Persists this stage to a snapshot store, to start new sandboxes from later (`fromSnapshot`, `fork`).
+   * @throws see {@link Sandbox.persist}.
+   */
+  persist(store: SnapshotStore, name: string, options?: PersistOptions): Promise<SnapshotInfo> {
+    return handleOf(this).sandbox.persist(this, store, name, options);
   }
 
   /** Stops the sandbox (every stage object of it becomes poisoned with reason "closed"). Idempotent. */

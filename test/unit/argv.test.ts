@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { resolveAccelerators } from '../../src/qemu/accel.js';
-import { AGENT_PORT_NAME, buildQemuArgv, SCRATCH_NODE } from '../../src/qemu/argv.js';
+import { AGENT_PORT_NAME, buildQemuArgv, DATA_NODE, SCRATCH_NODE } from '../../src/qemu/argv.js';
 import { parseMachineConfig } from '../../src/qemu/config.js';
 import { runPaths } from '../../src/qemu/run-paths.js';
 
@@ -28,7 +28,7 @@ describe('buildQemuArgv', () => {
 
   it('builds a q35 machine with memory, cpus, kernel and initrd', () => {
     const argv = argvFor({ memoryMiB: 256, cpus: 2 });
-    expect(valueAfter(argv, '-machine')).toEqual(['q35']);
+    expect(valueAfter(argv, '-machine')).toEqual(['q35,memory-backend=ram0']);
     expect(valueAfter(argv, '-m')).toEqual(['256']);
     expect(valueAfter(argv, '-smp')).toEqual(['2']);
     expect(valueAfter(argv, '-kernel')).toEqual(['/g/vmlinux']);
@@ -45,11 +45,20 @@ describe('buildQemuArgv', () => {
     expect(valueAfter(argv, '-device')).toContain(`virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`);
   });
 
-  it('puts the scratch disk on a named node with cache=unsafe', () => {
-    const drive = valueAfter(argvFor({}), '-drive')[0]!;
-    expect(drive).toContain(`node-name=${SCRATCH_NODE}`);
+  it('puts the scratch disk on a named node with cache=unsafe, hidden from the guest', () => {
+    const drive = valueAfter(argvFor({}), '-drive').find((d) => d.includes(SCRATCH_NODE))!;
     expect(drive).toContain('cache=unsafe');
     expect(drive).toContain(`file=${paths.scratchDisk}`);
+    expect(valueAfter(argvFor({}), '-device').some((d) => d.includes('drive=scratch'))).toBe(false);
+  });
+
+  it('gives the guest its data disk and file-backed RAM, shared unless restoring', () => {
+    const argv = argvFor({});
+    expect(valueAfter(argv, '-drive').find((d) => d.includes(DATA_NODE))).toContain(`file=${paths.dataDisk}`);
+    expect(valueAfter(argv, '-machine')[0]).toBe('q35,memory-backend=ram0');
+    expect(valueAfter(argv, '-object')).toEqual([`memory-backend-file,id=ram0,size=128M,mem-path=${paths.ramFile},share=on`]);
+    const restored = buildQemuArgv({ config: parseMachineConfig({}), kernel: 'k', initrd: 'i', accelerators: ['tcg'], paths, incoming: true, ram: { path: '/store/x/vmstate', share: false } });
+    expect(valueAfter(restored, '-object')[0]).toContain('mem-path=/store/x/vmstate,share=off');
   });
 
   it('appends the extra cmdline after the base one', () => {

@@ -36,6 +36,11 @@ export interface AgentSessionOptions {
   signal?: AbortSignal;
   maxFrameBytes?: number;
   /**
+   * Ask for the hello instead of waiting for the one the agent sends when it starts: a guest restored from a
+   * snapshot was already running and may not announce itself.
+   */
+  requestHello?: boolean;
+  /**
    * Decides the error pending requests get when the channel closes (the machine knows whether QEMU died).
    * Defaults to {@link AgentDisconnectedError}.
    */
@@ -53,6 +58,9 @@ interface Pending {
 
 type SessionState = 'running' | 'closed';
 
+/** The id of the hello a connecting session may ask for; session ids start above it, so it is never reused. */
+const HELLO_REQUEST_ID = 1;
+
 /**
  * A request/reply session with the guest agent over the virtio-serial socket. Owns the socket and the
  * pending requests: ids are never reused, replies to unknown ids are dropped, every request is bounded in
@@ -62,7 +70,7 @@ type SessionState = 'running' | 'closed';
 export class AgentSession {
   #state: SessionState = 'running';
   #hello: GuestHello;
-  #nextId = 1;
+  #nextId = HELLO_REQUEST_ID + 1;
   readonly #pending = new Map<number, Pending>();
   readonly #socket: net.Socket;
   #decoder: FrameDecoder;
@@ -95,13 +103,17 @@ export class AgentSession {
     const socket = await connectWithRetry(options.socketPath, deadline, options.signal);
     const decoder = new FrameDecoder(options.maxFrameBytes ?? MAX_FRAME_BYTES);
     try {
+      if (options.requestHello) socket.write(encodeFrame({ t: 'req', id: HELLO_REQUEST_ID, op: 'hello', a: {} }));
       const first = await readFirstFrame(socket, decoder, deadline, options);
       const message = parseGuestMessage(first.message);
-      if (message.t !== 'hello') throw new GuestProtocolViolationError(`expected hello, got ${message.t}`);
-      if (message.hello.v !== PROTOCOL_VERSION) {
-        throw new GuestProtocolViolationError(`guest speaks protocol ${message.hello.v}, host ${PROTOCOL_VERSION}`);
+      let hello: GuestHello;
+      if (message.t === 'hello') hello = message.hello;
+      else if (options.requestHello && message.t === 'res' && message.id === HELLO_REQUEST_ID && message.ok) hello = parseHello(message.v);
+      else throw new GuestProtocolViolationError(`expected hello, got ${message.t}`);
+      if (hello.v !== PROTOCOL_VERSION) {
+        throw new GuestProtocolViolationError(`guest speaks protocol ${hello.v}, host ${PROTOCOL_VERSION}`);
       }
-      const session = new AgentSession(socket, decoder, message.hello, options);
+      const session = new AgentSession(socket, decoder, hello, options);
       for (const raw of first.rest) session.#dispatch(raw);
       return session;
     } catch (error) {
