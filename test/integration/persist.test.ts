@@ -1,0 +1,207 @@
+import { createHash } from 'node:crypto';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import {
+  defineHostFunction,
+  FsSnapshotStore,
+  HostFunctionsMismatchError,
+  KernelBooted,
+  loadCode,
+  loadRuntime,
+  RuntimeLoaded,
+  SnapshotMismatchError,
+  UserCodeLoaded,
+  type Stage,
+} from '../../src/index.js';
+import { expectNoLeaks, testRunDir } from '../helpers/leaks.js';
+
+const runDir = testRunDir('persist');
+const storeDir = mkdtempSync(join(tmpdir(), 'evolvm-test-store-'));
+let store: FsSnapshotStore;
+const echo = defineHostFunction({ name: 'echo', params: z.tuple([z.number()]), result: z.number(), impl: (x) => x });
+
+/** Template: booted → runtime → code, each persisted, with markers in RAM (tmpfs) and on the disk. */
+beforeAll(async () => {
+  store = await FsSnapshotStore.open(storeDir);
+  const booted = await KernelBooted.boot({ runDir }, { hostFunctions: [echo] });
+  try {
+    await markStage(booted, 'booted');
+    await booted.persist(store, 'booted');
+    const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
+    await markStage(runtime, 'runtime');
+    await runtime.persist(store, 'runtime');
+    const code = await runtime.evolve(loadCode('hello() { echo "hello $1"; }'));
+    await markStage(code, 'code');
+    await code.persist(store, 'code');
+  } finally {
+    await booted.close();
+  }
+}, 180_000);
+
+afterAll(async () => {
+  await expectNoLeaks(runDir);
+  // No lease may outlive the sandboxes that held it.
+  expect(readdirSync(join(storeDir, '.locks')).filter((f) => f.includes('.lease-'))).toEqual([]);
+  rmSync(storeDir, { recursive: true, force: true });
+});
+
+async function markStage(stage: Stage, name: string): Promise<void> {
+  await stage.writeFile(`/tmp/in-ram-${name}`, name);
+  await stage.exec(['sh', '-c', `echo disk-${name} | dd of=/dev/vda bs=512 seek=${['booted', 'runtime', 'code'].indexOf(name)} count=1 conv=notrunc 2>/dev/null`]);
+}
+
+async function markers(stage: Stage): Promise<{ ram: string[]; disk: string[] }> {
+  const ram = (await stage.exec(['sh', '-c', 'ls /tmp | grep in-ram- || true'])).stdout.split('\n').filter(Boolean).sort();
+  const disk: string[] = [];
+  for (let sector = 0; sector < 3; sector++) {
+    const text = (await stage.exec(['sh', '-c', `dd if=/dev/vda bs=512 skip=${sector} count=1 2>/dev/null | tr -d '\\000' | head -n 1`])).stdout.trim();
+    if (text) disk.push(text);
+  }
+  return { ram, disk };
+}
+
+function fileDigests(id: string): Record<string, string> {
+  const dir = join(storeDir, id);
+  return Object.fromEntries(readdirSync(dir).map((f) => [f, createHash('sha256').update(readFileSync(join(dir, f))).digest('hex')]));
+}
+
+describe('persisted stages restore in a new QEMU process with identical state', () => {
+  it('KernelBooted', async () => {
+    const booted = await KernelBooted.fromSnapshot(store, 'booted', { runDir }, { hostFunctions: [echo] });
+    try {
+      expect(booted).toBeInstanceOf(KernelBooted);
+      expect(await markers(booted)).toEqual({ ram: ['in-ram-booted'], disk: ['disk-booted'] });
+    } finally {
+      await booted.close();
+    }
+  });
+
+  it('RuntimeLoaded, with its runtime process and lineage', async () => {
+    const runtime = await RuntimeLoaded.fromSnapshot(store, 'runtime', { runDir }, { hostFunctions: [echo] });
+    try {
+      expect(runtime.lineage).toEqual(['KernelBooted', 'RuntimeLoaded']);
+      expect(runtime.runtime.kind).toBe('shell');
+      expect((await runtime.exec(['kill', '-0', String(runtime.runtime.pid)])).exitCode).toBe(0);
+      expect(await markers(runtime)).toEqual({ ram: ['in-ram-booted', 'in-ram-runtime'], disk: ['disk-booted', 'disk-runtime'] });
+    } finally {
+      await runtime.close();
+    }
+  });
+
+  it('UserCodeLoaded, callable and able to evolve further', async () => {
+    const code = await UserCodeLoaded.fromSnapshot(store, 'code', { runDir }, { hostFunctions: [echo] });
+    try {
+      expect(await code.call('hello', 'again')).toBe('hello again\n');
+      expect(await markers(code)).toEqual({ ram: ['in-ram-booted', 'in-ram-code', 'in-ram-runtime'], disk: ['disk-booted', 'disk-runtime', 'disk-code'] });
+      // Guest time is the host's, not the snapshot's.
+      expect(Math.abs(Number((await code.exec(['date', '+%s'])).stdout) - Date.now() / 1000)).toBeLessThan(5);
+    } finally {
+      await code.close();
+    }
+  });
+
+  it('refuses a snapshot of another stage with a typed error', async () => {
+    const error = await RuntimeLoaded.fromSnapshot(store, 'booted', { runDir }, { hostFunctions: [echo] }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(SnapshotMismatchError);
+    expect(error).toMatchObject({ what: 'stage', expected: 'KernelBooted', actual: 'RuntimeLoaded' });
+  });
+
+  it('refuses to restore without the host functions the stage was built with', async () => {
+    const error = await KernelBooted.fromSnapshot(store, 'booted', { runDir }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(HostFunctionsMismatchError);
+    expect(error).toMatchObject({ missing: ['echo'] });
+  });
+
+  it('refuses a snapshot made with another guest image', async () => {
+    const guest = join(process.cwd(), 'guest', 'out', 'x86_64');
+    const error = await KernelBooted.fromSnapshot(
+      store,
+      'booted',
+      { runDir, kernel: join(guest, 'vmlinux'), initrd: join(guest, 'initramfs.cpio') },
+      { hostFunctions: [echo] },
+    ).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'SNAPSHOT_MISMATCH', what: 'guest' });
+  });
+});
+
+describe('layers', () => {
+  it('stores each child stage as a disk layer over its parent, and protects the parent', async () => {
+    const booted = await store.get('booted');
+    const runtime = await store.get('runtime');
+    const code = await store.get('code');
+    expect(booted.manifest.parent).toBeNull();
+    expect(runtime.manifest.parent).toBe(booted.id);
+    expect(code.manifest.parent).toBe(runtime.id);
+    await expect(store.delete('booted')).rejects.toMatchObject({ code: 'SNAPSHOT_IN_USE_BY_CHILD' });
+  });
+
+  it('keeps a booted stage on disk well under its RAM size', async () => {
+    const { statSync } = await import('node:fs');
+    const info = await store.get('booted');
+    const onDisk = Object.values(info.paths).reduce((sum, path) => sum + statSync(path).blocks * 512, 0);
+    expect(onDisk / (info.manifest.memoryMiB * 1024 * 1024)).toBeLessThan(0.6);
+  });
+});
+
+describe('forks from a template', () => {
+  it('starts 8 clones, each with its own identity and RNG, isolated from each other and from the template', async () => {
+    const before = fileDigests((await store.get('runtime')).id);
+    const clones = await RuntimeLoaded.fork(store, 'runtime', 8, { runDir }, { hostFunctions: [echo] });
+    try {
+      expect(new Set(clones.map((c) => c.sandboxId)).size).toBe(8);
+      const ids = await Promise.all(clones.map(async (c) => (await c.readFile('/run/evolvm/sandbox-id')).toString()));
+      expect(ids).toEqual(clones.map((c) => c.sandboxId));
+      const random = await Promise.all(clones.map(async (c) => (await c.exec(['sh', '-c', 'head -c 16 /dev/urandom | od -An -tx1'])).stdout));
+      expect(new Set(random).size).toBe(8);
+      await clones[0]!.writeFile('/tmp/only-in-clone-0', 'x');
+      await clones[0]!.exec(['sh', '-c', 'echo clone-0 | dd of=/dev/vda bs=512 seek=5 count=1 conv=notrunc 2>/dev/null']);
+      for (const clone of clones.slice(1)) {
+        expect((await clone.exec(['test', '-e', '/tmp/only-in-clone-0'])).exitCode).toBe(1);
+        expect((await clone.exec(['sh', '-c', "dd if=/dev/vda bs=512 skip=5 count=1 2>/dev/null | tr -d '\\000' | head -n 1"])).stdout.trim()).toBe('');
+      }
+    } finally {
+      await Promise.all(clones.map((c) => c.close()));
+    }
+    expect(fileDigests((await store.get('runtime')).id)).toEqual(before);
+    await expect(store.verify('runtime')).resolves.toMatchObject({ name: 'runtime' });
+  }, 180_000);
+});
+
+describe('tampered snapshots', () => {
+  it('refuses a manifest that claims another QEMU version', async () => {
+    const info = await store.get('booted');
+    const tampered = await FsSnapshotStore.open(mkdtempSync(join(tmpdir(), 'evolvm-test-store-copy-')));
+    try {
+      // A copy of the snapshot whose manifest says it was made by QEMU 1.0.0.
+      const copy = await tampered.create('old-qemu', async (_dir, ctx) => {
+        writeFileSync(ctx.vmstatePath, readFileSync(info.paths.vmstate));
+        writeFileSync(ctx.diskPath, readFileSync(info.paths.disk));
+        const { id: _id, name: _name, createdAt: _c, files: _f, formatVersion: _v, ...draft } = info.manifest;
+        return { ...draft, parent: null, qemu: { ...draft.qemu, version: '1.0.0' } };
+      });
+      const error = await KernelBooted.fromSnapshot(tampered, copy.id, { runDir }, { hostFunctions: [echo] }).catch((e: unknown) => e);
+      expect(error).toMatchObject({ code: 'SNAPSHOT_MISMATCH', what: 'qemu', expected: '1.0.0' });
+    } finally {
+      rmSync(tampered.root, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a truncated vmstate before starting QEMU', async () => {
+    const info = await store.get('booted');
+    const path = info.paths.vmstate;
+    const original = readFileSync(path);
+    chmodSync(path, 0o644);
+    writeFileSync(path, original.subarray(0, original.length - 1));
+    chmodSync(path, 0o444);
+    try {
+      await expect(KernelBooted.fromSnapshot(store, 'booted', { runDir }, { hostFunctions: [echo] })).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
+    } finally {
+      chmodSync(path, 0o644);
+      writeFileSync(path, original);
+      chmodSync(path, 0o444);
+    }
+  });
+});
