@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AbortedError, AgentDisconnectedError, EvolvmError, QemuExitedError } from '../errors.js';
 import { CleanupStack } from '../util/cleanup-stack.js';
+import { step } from '../util/trace.js';
 import { hostTscKhz, kvmUsable, resolveAccelerators } from './accel.js';
 import { AgentSession, type RequestOptions } from './agent/agent-session.js';
 import {
@@ -100,14 +101,18 @@ export class Machine implements AsyncDisposable {
     const image = resolveGuestImage(config.kernel, config.initrd);
     const cleanup = new CleanupStack();
     try {
-      const paths = await createRunDir(config, cleanup);
-      await Promise.all([
-        createScratchDisk(config.qemuBinary, paths.scratchDisk, config.scratchDiskMiB),
-        createScratchDisk(config.qemuBinary, paths.dataDisk, config.dataDiskMiB),
-      ]);
+      const paths = await step('run directory', () => createRunDir(config, cleanup));
+      await step('disks', () =>
+        Promise.all([
+          createScratchDisk(config.qemuBinary, paths.scratchDisk, config.scratchDiskMiB),
+          createScratchDisk(config.qemuBinary, paths.dataDisk, config.dataDiskMiB),
+        ]),
+      );
       const process = spawnQemu(config, image, paths, cleanup, {});
       const lifecycle = new Lifecycle();
-      const started = await raceExit(process, 'boot', connectChannels(config, paths, process, cleanup, options.signal));
+      const started = await step('qemu → qmp + agent hello', () =>
+        raceExit(process, 'boot', connectChannels(config, paths, process, cleanup, options.signal)),
+      );
       lifecycle.send({ type: 'BOOTED' });
       return new Machine({ id: randomUUID(), config, image, paths, process, lifecycle, cleanup, ...started });
     } catch (error) {
@@ -129,18 +134,20 @@ export class Machine implements AsyncDisposable {
     const image = resolveGuestImage(config.kernel, config.initrd);
     const cleanup = new CleanupStack();
     try {
-      const paths = await createRunDir(config, cleanup);
-      await Promise.all([
-        createScratchDisk(config.qemuBinary, paths.scratchDisk, config.scratchDiskMiB),
-        createScratchDisk(config.qemuBinary, paths.dataDisk, config.dataDiskMiB, source.diskLayer),
-      ]);
+      const paths = await step('run directory', () => createRunDir(config, cleanup));
+      await step('disks', () =>
+        Promise.all([
+          createScratchDisk(config.qemuBinary, paths.scratchDisk, config.scratchDiskMiB),
+          createScratchDisk(config.qemuBinary, paths.dataDisk, config.dataDiskMiB, source.diskLayer),
+        ]),
+      );
       const process = spawnQemu(config, image, paths, cleanup, { incoming: true, ram: { path: source.ramImage, share: false } });
       const lifecycle = new Lifecycle();
       const started = await raceExit(process, 'restore', (async () => {
-        const qmp = await QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal: options.signal });
+        const qmp = await step('qmp connect', () => QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal: options.signal }));
         cleanup.defer('qmp', () => qmp.close());
-        await loadDeviceState(qmp, source, config.qmpTimeoutMs, options.signal);
-        const agent = await connectAgent(config, paths, process, options.signal, true);
+        await step('device state', () => loadDeviceState(qmp, source, config.qmpTimeoutMs, options.signal));
+        const agent = await step('agent hello', () => connectAgent(config, paths, process, options.signal, true));
         cleanup.defer('agent', () => agent.close());
         return { qmp, agent };
       })());
@@ -355,9 +362,15 @@ export interface RestoreSource {
 /** Loads the device state of a paused `-incoming defer` QEMU and resumes it. */
 async function loadDeviceState(qmp: QmpClient, source: RestoreSource, timeoutMs: number, signal: AbortSignal | undefined): Promise<void> {
   // The source saved with x-ignore-shared: RAM is not in the stream, it is the mapped image.
-  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+  // MIGRATION events wake waitMigration as soon as the load completes, instead of at its next poll.
+  await qmp.execute('migrate-set-capabilities', {
+    capabilities: [
+      { capability: 'x-ignore-shared', state: true },
+      { capability: 'events', state: true },
+    ],
+  });
   await qmp.execute('migrate-incoming', { uri: `exec:tail -c +${source.deviceStateOffset + 1} ${shellQuote(source.ramImage)}` });
-  await waitMigration(qmp, { timeoutMs, signal });
+  await waitMigration(qmp, { timeoutMs, signal, pollMs: 5 });
   await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: false }] });
   await qmp.execute('cont');
 }

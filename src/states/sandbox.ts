@@ -14,6 +14,7 @@ import { Machine } from '../qemu/machine.js';
 import { InVmSnapshots } from '../snapshot/in-vm-snapshots.js';
 import type { Transition } from '../transitions/transition.js';
 import { withDeadline } from '../util/deadline.js';
+import { step } from '../util/trace.js';
 import { HostFunctionSet, type HostFunction, type HostFunctionSignature } from '../host/host-functions.js';
 import { z } from 'zod';
 import type { RequestOptions } from '../qemu/agent/agent-session.js';
@@ -271,8 +272,9 @@ export class Sandbox {
       const sandbox = new Sandbox(machine, hostFunctions);
       sandbox.#restoredFrom = id;
       try {
-        await machine.refreshIdentity(options);
-        await machine.writeFile('/run/evolvm/sandbox-id', sandbox.id, { mkdirs: true });
+        await step('identity', () =>
+          Promise.all([machine.refreshIdentity(options), machine.writeFile('/run/evolvm/sandbox-id', sandbox.id, { mkdirs: true })]),
+        );
       } catch (error) {
         await machine.stop();
         throw error;
