@@ -20,3 +20,6 @@ export { loadRuntime, type RuntimeSpec } from './transitions/load-runtime.js';
 export { loadCode } from './transitions/load-code.js';
 export { InVmSnapshots } from './snapshot/in-vm-snapshots.js';
 export * from './snapshot/store/index.js';
+export { referenceLineage } from './transitions/reference-lineage.js';
+export type { LineageRegistry } from './states/lineage-registry.js';
+export type { SandboxOrigin } from './states/sandbox.js';

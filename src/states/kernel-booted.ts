@@ -1,3 +1,4 @@
+import { withReferenceLineage } from './reference-lineage-default.js';
 import type { RestoreConfigInput } from '../qemu/config.js';
 import type { SnapshotStore } from '../snapshot/store/snapshot-store.js';
 import type { MachineConfigInput } from '../qemu/config.js';
@@ -14,16 +15,16 @@ export class KernelBooted extends RootStage {
    * @throws {SnapshotMismatchError} for a snapshot of another stage (or QEMU, machine type, guest image).
    * @throws see {@link Sandbox.restore}.
    */
-  static fromSnapshot(store: SnapshotStore, ref: string, config?: RestoreConfigInput, options?: RestoreOptions): Promise<KernelBooted> {
-    return Sandbox.restore(KernelBooted, store, ref, config, options);
+  static async fromSnapshot(store: SnapshotStore, ref: string, config?: RestoreConfigInput, options?: RestoreOptions): Promise<KernelBooted> {
+    return Sandbox.restore(KernelBooted, store, ref, config, await withReferenceLineage(options));
   }
 
   /**
    * Starts `count` sandboxes in this stage from one persisted snapshot, sharing its memory copy-on-write.
    * @throws see {@link Sandbox.fork}.
    */
-  static fork(store: SnapshotStore, ref: string, count: number, config?: RestoreConfigInput, options?: RestoreOptions): Promise<KernelBooted[]> {
-    return Sandbox.fork(KernelBooted, store, ref, count, config, options);
+  static async fork(store: SnapshotStore, ref: string, count: number, config?: RestoreConfigInput, options?: RestoreOptions): Promise<KernelBooted[]> {
+    return Sandbox.fork(KernelBooted, store, ref, count, config, await withReferenceLineage(options));
   }
 
   /**

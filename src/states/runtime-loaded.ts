@@ -1,3 +1,4 @@
+import { withReferenceLineage } from './reference-lineage-default.js';
 import type { RestoreConfigInput } from '../qemu/config.js';
 import type { SnapshotStore } from '../snapshot/store/snapshot-store.js';
 import { Sandbox, type RestoreOptions } from './sandbox.js';
@@ -24,16 +25,16 @@ export class RuntimeLoaded extends ChildStage<KernelBooted, RuntimeInfo> {
    * @throws {SnapshotMismatchError} for a snapshot of another stage (or QEMU, machine type, guest image).
    * @throws see {@link Sandbox.restore}.
    */
-  static fromSnapshot(store: SnapshotStore, ref: string, config?: RestoreConfigInput, options?: RestoreOptions): Promise<RuntimeLoaded> {
-    return Sandbox.restore(RuntimeLoaded, store, ref, config, options);
+  static async fromSnapshot(store: SnapshotStore, ref: string, config?: RestoreConfigInput, options?: RestoreOptions): Promise<RuntimeLoaded> {
+    return Sandbox.restore(RuntimeLoaded, store, ref, config, await withReferenceLineage(options));
   }
 
   /**
    * Starts `count` sandboxes in this stage from one persisted snapshot, sharing its memory copy-on-write.
    * @throws see {@link Sandbox.fork}.
    */
-  static fork(store: SnapshotStore, ref: string, count: number, config?: RestoreConfigInput, options?: RestoreOptions): Promise<RuntimeLoaded[]> {
-    return Sandbox.fork(RuntimeLoaded, store, ref, count, config, options);
+  static async fork(store: SnapshotStore, ref: string, count: number, config?: RestoreConfigInput, options?: RestoreOptions): Promise<RuntimeLoaded[]> {
+    return Sandbox.fork(RuntimeLoaded, store, ref, count, config, await withReferenceLineage(options));
   }
 
   /** The loaded runtime. */

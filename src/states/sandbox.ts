@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import {
+  GuestOperationError,
   SnapshotMismatchError,
   AgentTimeoutError,
   EvolvmError,
@@ -22,10 +23,11 @@ import { parseRestoreConfig, type RestoreConfigInput } from '../qemu/config.js';
 import { resolveGuestImage } from '../qemu/guest-image.js';
 import { assertCompatible, qemuVersion } from '../snapshot/compatibility.js';
 import { persistMachineState } from '../snapshot/persist-machine.js';
-import type { SnapshotManifestDraft } from '../snapshot/store/manifest.js';
+import type { SnapshotManifest, SnapshotManifestDraft } from '../snapshot/store/manifest.js';
+import { replayTransition, rootByName, type LineageRegistry } from './lineage-registry.js';
 import type { SnapshotInfo, SnapshotStore } from '../snapshot/store/snapshot-store.js';
 import type { GuestAccess } from './guest-access.js';
-import { issueHandle, type EvolveOptions, type RootStage, type Stage, type StageClass, type StageOperationOptions } from './stage.js';
+import { issueHandle, sandboxOf, type EvolveOptions, type RootStage, type Stage, type StageClass, type StageOperationOptions } from './stage.js';
 
 /** One stage the sandbox has been in: a node of its lineage tree. */
 export interface LineageNode {
@@ -53,7 +55,22 @@ export interface RestoreOptions {
   signal?: AbortSignal;
   /** Must be a superset, with matching signatures, of the host functions the snapshot was made with. */
   hostFunctions?: readonly HostFunction[];
+  /**
+   * `cold-boot`: when the snapshot cannot be loaded here (another QEMU version, machine type or guest image),
+   * boot and replay its recorded transitions instead. Needs `lineage` (the reference stages default to theirs).
+   */
+  fallback?: 'cold-boot';
+  /** The stage classes and transition factories a cold-boot fallback replays with. */
+  lineage?: LineageRegistry;
+  /** Called when the fallback is taken, with the reason the snapshot could not be loaded. */
+  onFallback?: (reason: SnapshotMismatchError) => void;
 }
+
+/** How a sandbox came to be. */
+export type SandboxOrigin =
+  | { readonly kind: 'boot' }
+  | { readonly kind: 'snapshot'; readonly snapshot: string }
+  | { readonly kind: 'cold-boot-fallback'; readonly snapshot: string; readonly reason: SnapshotMismatchError };
 
 export interface SandboxBootOptions {
   signal?: AbortSignal;
@@ -78,6 +95,7 @@ export class Sandbox {
   #tagGeneration = 0;
   readonly #tagged = new Set<LineageNode>();
   #restoredFrom: string | undefined;
+  #origin: SandboxOrigin = { kind: 'boot' };
   #hostFunctions: HostFunctionSet;
 
   private constructor(machine: Machine, hostFunctions: HostFunctionSet) {
@@ -97,6 +115,11 @@ export class Sandbox {
     const sandbox = new Sandbox(machine, hostFunctions);
     const node = sandbox.#newNode(root, undefined, undefined, undefined);
     return sandbox.#enter(node) as R;
+  }
+
+  /** Whether the sandbox was booted, restored from a snapshot, or rebuilt by a cold-boot fallback. */
+  get origin(): SandboxOrigin {
+    return this.#origin;
   }
 
   /** The stage the sandbox is in now. */
@@ -256,11 +279,18 @@ export class Sandbox {
       if (manifest.stage.name !== stageClass.stageName) throw new SnapshotMismatchError(ref, 'stage', manifest.stage.name, stageClass.stageName);
       const extra = PersistedExtraSchema.parse(manifest.extra ?? {});
       const machineConfig = { ...config, memoryMiB: manifest.memoryMiB, cpus: extra.cpus, machine: manifest.qemu.machine as 'q35' };
-      assertCompatible(manifest, ref, {
-        qemuVersion: qemuVersion(config.qemuBinary),
-        machine: machineConfig.machine,
-        imageHash: resolveGuestImage(config.kernel, config.initrd).hash,
-      });
+      try {
+        assertCompatible(manifest, ref, {
+          qemuVersion: qemuVersion(config.qemuBinary),
+          machine: machineConfig.machine,
+          imageHash: resolveGuestImage(config.kernel, config.initrd).hash,
+        });
+      } catch (error) {
+        if (options.fallback !== 'cold-boot' || !(error instanceof SnapshotMismatchError)) throw error;
+        await lease.release();
+        options.onFallback?.(error);
+        return await Sandbox.#replay(stageClass, manifest, ref, error, { ...config, memoryMiB: manifest.memoryMiB, cpus: extra.cpus }, options);
+      }
       const hostFunctions = new HostFunctionSet(options.hostFunctions ?? []);
       hostFunctions.assertSupersetOf(manifest.hostFunctions as unknown as HostFunctionSignature[], `restore ${ref}`);
       const machine = await Machine.restore(
@@ -271,6 +301,7 @@ export class Sandbox {
       machine.deferCleanup('snapshot lease', () => lease.release());
       const sandbox = new Sandbox(machine, hostFunctions);
       sandbox.#restoredFrom = id;
+      sandbox.#origin = { kind: 'snapshot', snapshot: id };
       try {
         await step('identity', () =>
           Promise.all([machine.refreshIdentity(options), machine.writeFile('/run/evolvm/sandbox-id', sandbox.id, { mkdirs: true })]),
@@ -314,6 +345,33 @@ export class Sandbox {
     if (!failed) return results.map((r) => (r as PromiseFulfilledResult<S>).value);
     await Promise.all(results.map((r) => (r.status === 'fulfilled' ? r.value.close() : undefined)));
     throw failed.reason;
+  }
+
+  /** The cold-boot fallback: boot the lineage's root and replay each recorded transition. */
+  static async #replay<S extends Stage>(
+    stageClass: StageClass<S>,
+    manifest: SnapshotManifest,
+    ref: string,
+    reason: SnapshotMismatchError,
+    config: MachineConfigInput,
+    options: RestoreOptions,
+  ): Promise<S> {
+    const registry = options.lineage;
+    const [root, ...steps] = manifest.stage.lineage;
+    const rootClass = registry && root ? rootByName(registry, root.stage) : undefined;
+    if (!registry || !rootClass) throw new GuestOperationError('replay', 'NOT_REPLAYABLE', `no stage class for ${root?.stage ?? 'the root'}`, { cause: reason });
+    let stage: Stage = await Sandbox.boot(rootClass, config, options);
+    try {
+      for (const step of steps) stage = await stage.evolve(replayTransition(registry, step.transition ?? '', step.args) as never);
+      if (!(stage instanceof (stageClass as unknown as new () => S))) {
+        throw new SnapshotMismatchError(ref, 'stage', stage.stageName, stageClass.stageName);
+      }
+      sandboxOf(stage).#origin = { kind: 'cold-boot-fallback', snapshot: manifest.id, reason };
+      return stage as S;
+    } catch (error) {
+      await stage.close();
+      throw error;
+    }
   }
 
   #manifestDraft(node: LineageNode, parentId: string | null): SnapshotManifestDraft {

@@ -7,6 +7,9 @@ import { UserCodeLoaded, type CodeInfo, type ExportInfo } from '../states/user-c
 import { RUNTIME_CODE_PATH } from './runtime-paths.js';
 import { defineTransition, type Transition } from './transition.js';
 
+/** Code up to this size is recorded with the lineage (base64 in the snapshot manifest, which is bounded to 1 MiB). */
+export const REPLAYABLE_CODE_BYTES = 256 * 1024;
+
 /**
  * Loads user code into the runtime: a WebAssembly module (bytes), JavaScript source, or a shell script. The
  * runtime compiles it and runs its start code before the stage is entered, so bad code fails the transition
@@ -19,7 +22,8 @@ export function loadCode(code: string | Uint8Array): Transition<RuntimeLoaded, U
     name: 'loadCode',
     from: RuntimeLoaded,
     to: UserCodeLoaded,
-    args: { sha256, bytes: bytes.length },
+    // Small code is kept in the lineage record so a cold-boot fallback can replay this transition.
+    args: { sha256, bytes: bytes.length, ...(bytes.length <= REPLAYABLE_CODE_BYTES ? { base64: bytes.toString('base64') } : {}) },
     run: async ({ guest, source }): Promise<CodeInfo> => {
       const runtime = source.runtime.kind;
       const exports = runtime === 'shell' ? await loadShell(guest, bytes) : await loadIntoRuntime(guest, source, bytes);

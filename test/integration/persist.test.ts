@@ -12,6 +12,7 @@ import {
   loadCode,
   loadRuntime,
   RuntimeLoaded,
+  sandboxOf,
   SnapshotMismatchError,
   UserCodeLoaded,
   type Stage,
@@ -188,6 +189,34 @@ describe('tampered snapshots', () => {
       rmSync(tampered.root, { recursive: true, force: true });
     }
   });
+
+  it('with fallback: cold-boot, replays the recorded transitions from a fresh boot and says so', async () => {
+    const info = await store.get('code');
+    const other = await FsSnapshotStore.open(mkdtempSync(join(tmpdir(), 'evolvm-test-store-copy-')));
+    try {
+      const copy = await other.create('from-another-qemu', async (_dir, ctx) => {
+        writeFileSync(ctx.vmstatePath, readFileSync(info.paths.vmstate));
+        writeFileSync(ctx.diskPath, readFileSync(info.paths.disk));
+        const { id: _id, name: _name, createdAt: _c, files: _f, formatVersion: _v, ...draft } = info.manifest;
+        return { ...draft, parent: null, qemu: { ...draft.qemu, version: '1.0.0' } };
+      });
+      const reasons: unknown[] = [];
+      const code = await UserCodeLoaded.fromSnapshot(other, copy.id, { runDir }, { hostFunctions: [echo], fallback: 'cold-boot', onFallback: (r) => reasons.push(r) });
+      try {
+        expect(reasons).toHaveLength(1);
+        expect(reasons[0]).toMatchObject({ code: 'SNAPSHOT_MISMATCH', what: 'qemu' });
+        expect(sandboxOf(code).origin).toMatchObject({ kind: 'cold-boot-fallback', snapshot: copy.id });
+        expect(code.lineage).toEqual(['KernelBooted', 'RuntimeLoaded', 'UserCodeLoaded']);
+        // What the transitions made is back; what was done by hand after them is not (it was never recorded).
+        expect(await code.call('hello', 'replay')).toBe('hello replay\n');
+        expect((await markers(code)).ram).toEqual([]);
+      } finally {
+        await code.close();
+      }
+    } finally {
+      rmSync(other.root, { recursive: true, force: true });
+    }
+  }, 120_000);
 
   it('refuses a truncated vmstate before starting QEMU', async () => {
     const info = await store.get('booted');
