@@ -1,4 +1,4 @@
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 
 /** The files of one machine's run directory, plus its RAM file (on tmpfs, so sharing it costs no disk I/O). */
 export interface RunPaths {
@@ -22,6 +22,7 @@ export function runPaths(dir: string, shmDir = '/dev/shm'): RunPaths {
     consoleLog: join(dir, 'console.log'),
     scratchDisk: join(dir, 'scratch.qcow2'),
     dataDisk: join(dir, 'data.qcow2'),
-    ramFile: join(shmDir, `${basename(dir)}.ram`),
+    // Named after the run directory and its parent, so whoever owns the parent can find leftovers.
+    ramFile: join(shmDir, `${basename(dirname(dir))}.${basename(dir)}.ram`),
   };
 }

@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { expect } from 'vitest';
 
 /**
@@ -29,5 +29,7 @@ export async function expectNoLeaks(dir: string): Promise<void> {
   }
   expect(qemuProcessesUnder(dir)).toEqual([]);
   expect(readdirSync(dir)).toEqual([]);
+  // Guest RAM files live on /dev/shm, named after the run directory's parent.
+  expect(readdirSync('/dev/shm').filter((name) => name.startsWith(`${basename(dir)}.`))).toEqual([]);
   rmSync(dir, { recursive: true, force: true });
 }
