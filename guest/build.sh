@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds the evolvm guest for x86_64 from Debian packages: the cloud kernel (bzImage,
 # plus the uncompressed PVH vmlinux when the kernel has the PVH entry note), and an
-# initramfs holding the static init and agent, busybox and the virtio modules.
+# initramfs holding the static init and agent, busybox, the virtio modules and the
+# runtimes (wasm: wabt's interpreter from Debian's wabt source package; js: duktape).
 #
 # Usage: guest/build.sh [--force]
 # Output: guest/out/x86_64/{vmlinuz,vmlinux,initramfs.cpio,initramfs.cpio.gz,manifest.json}
-# Needs (Debian bookworm, run as root): apt, dpkg, gcc, libc6-dev, libmsgpuck-dev,
-# cpio, xz-utils, zstd, lz4, binutils (readelf; comes with gcc), gzip, coreutils.
+# Needs (Debian bookworm, run as root): apt, dpkg, dpkg-dev, gcc, g++, make, cmake, libc6-dev,
+# libmsgpuck-dev, duktape-dev, cpio, xz-utils, zstd, lz4, binutils, gzip, coreutils.
 set -Eeuo pipefail
 
 GUEST_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,9 +25,17 @@ MANIFEST_SCHEMA=1
 # missing from the kernel; built-in ones are skipped.
 MODULES=(virtio_pci virtio_mmio virtio_console virtio_blk virtio_rng squashfs overlay ext4)
 OPTIONAL_MODULES=" virtio_rng ext4 "
+# Runtimes put under /opt/evolvm/runtimes/<name>/ (each built by build_runtime_<name> below).
+RUNTIMES=(wasm js)
+WABT_SRC_PKG=wabt
+DUKTAPE_PKG=duktape-dev
+DUKTAPE_DIR=/usr/share/duktape
+# The interpreter library only; built once per wabt source version (see build_libwabt).
+WABT_CMAKE_FLAGS=(-DBUILD_TESTS=OFF -DBUILD_TOOLS=OFF -DBUILD_LIBWASM=OFF -DCMAKE_BUILD_TYPE=Release)
+DEB_SRC_LIST=/etc/apt/sources.list.d/evolvm-deb-src.sources
 # Files hashed into the manifest's input_hash: a change to any of them rebuilds.
-SOURCES=(build.sh init/init.c agent/*.h agent/*.c)
-STEPS=9
+SOURCES=(build.sh init/init.c agent/*.h agent/*.c runtimes/common/* runtimes/wasm/* runtimes/js/*)
+STEPS=11
 step_no=0
 
 die() { echo "guest/build.sh: error: $*" >&2; exit 1; }
@@ -50,6 +59,10 @@ need apt-cache apt
 need apt-get apt
 need dpkg-deb dpkg
 need gcc gcc
+need g++ g++
+need make make
+need cmake cmake
+need dpkg-source dpkg-dev
 need readelf binutils
 need cpio cpio
 need xz xz-utils
@@ -59,6 +72,7 @@ need gzip gzip
 need sha256sum coreutils
 [[ -f /usr/include/msgpuck.h ]] || die "msgpuck.h not found: apt-get install libmsgpuck-dev"
 [[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || die "static libc not found: apt-get install libc6-dev"
+[[ -f $DUKTAPE_DIR/duktape.c && -f $DUKTAPE_DIR/duktape.h ]] || die "$DUKTAPE_DIR/duktape.c not found: apt-get install $DUKTAPE_PKG"
 
 # --- resolve package versions ------------------------------------------------
 step "resolving Debian packages"
@@ -80,13 +94,44 @@ for pkg in "$KERNEL_PKG" "$BUSYBOX_PKG"; do
 		die "apt-cache show $pkg gave no Version/SHA256/Filename (run apt-get update)"
 	echo "    $pkg ${PKG_VER[$pkg]}"
 done
+# The wabt source package needs a deb-src entry; one is added (and apt-get update run) only when
+# apt knows no source for it yet.
+showsrc_wabt() { apt-cache showsrc --only-source "$WABT_SRC_PKG" 2>/dev/null; }
+if ! WABT_SHOWSRC=$(showsrc_wabt) || [[ -z $WABT_SHOWSRC ]]; then
+	if grep -Eqs '^[[:space:]]*(deb-src[[:space:]]|Types:.*deb-src)' /etc/apt/sources.list /etc/apt/sources.list.d/*; then
+		die "apt has a deb-src entry but knows no source package $WABT_SRC_PKG (run apt-get update)"
+	fi
+	echo "    adding a deb-src entry ($DEB_SRC_LIST) and running apt-get update"
+	printf '%s\n' 'Types: deb-src' 'URIs: http://deb.debian.org/debian' 'Suites: bookworm' 'Components: main' \
+		'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' >"$DEB_SRC_LIST"
+	apt-get update -q >/dev/null || die "apt-get update failed"
+	WABT_SHOWSRC=$(showsrc_wabt) || die "apt-cache showsrc $WABT_SRC_PKG failed after adding $DEB_SRC_LIST"
+fi
+# The first stanza: its version and the sha256 of each file (.dsc, .orig.tar.*, .debian.tar.*).
+WABT_SRC_VER=$(awk '$1 == "Version:" { print $2; exit }' <<<"$WABT_SHOWSRC")
+declare -A WABT_SRC_SHA
+while read -r sha file; do WABT_SRC_SHA[$file]=$sha; done < <(awk '
+	/^$/ { exit } /^[^ ]/ { in_sums = ($1 == "Checksums-Sha256:") } /^ / && in_sums { print $1, $3 }' <<<"$WABT_SHOWSRC")
+WABT_UPSTREAM=${WABT_SRC_VER#*:}
+WABT_UPSTREAM=${WABT_UPSTREAM%-*}
+WABT_DSC=${WABT_SRC_PKG}_${WABT_SRC_VER#*:}.dsc
+[[ -n $WABT_SRC_VER && -n ${WABT_SRC_SHA[$WABT_DSC]:-} ]] || die "apt-cache showsrc $WABT_SRC_PKG gave no Version or no sha256 for $WABT_DSC"
+echo "    $WABT_SRC_PKG (source) $WABT_SRC_VER"
+DUKTAPE_VER=$(dpkg-query -W -f='${Version}' "$DUKTAPE_PKG" 2>/dev/null) || die "$DUKTAPE_PKG is not installed"
+DUK_VERSION_NUM=$(sed -n 's/^#define DUK_VERSION[[:space:]]*\([0-9]*\)L*$/\1/p' "$DUKTAPE_DIR/duktape.h")
+[[ -n $DUK_VERSION_NUM ]] || die "cannot read DUK_VERSION from $DUKTAPE_DIR/duktape.h"
+DUKTAPE_VERSION="$((DUK_VERSION_NUM / 10000)).$((DUK_VERSION_NUM / 100 % 100)).$((DUK_VERSION_NUM % 100))"
+echo "    $DUKTAPE_PKG $DUKTAPE_VER (duktape $DUKTAPE_VERSION)"
+declare -A RT_VERSION=([wasm]="wabt-$WABT_UPSTREAM" [js]="duktape-$DUKTAPE_VERSION")
 
 pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo none; }
 INPUT_HASH=$(
 	for f in "${SOURCES[@]}"; do printf '== %s\n' "$f"; cat "$f"; done
 	for pkg in "$KERNEL_PKG" "$BUSYBOX_PKG"; do printf 'deb %s %s %s\n' "$pkg" "${PKG_VER[$pkg]}" "${PKG_SHA[$pkg]}"; done
 	printf 'gcc %s\nlibc6-dev %s\nlibmsgpuck-dev %s\n' "$(gcc -dumpfullversion)" "$(pkg_version libc6-dev)" "$(pkg_version libmsgpuck-dev)"
-	printf 'modules %s\n' "${MODULES[*]}"
+	printf 'g++ %s\ncmake %s\n' "$(g++ -dumpfullversion)" "$(pkg_version cmake)"
+	printf 'wabt-src %s %s\nduktape-dev %s\n' "$WABT_SRC_VER" "${WABT_SRC_SHA[$WABT_DSC]}" "$DUKTAPE_VER"
+	printf 'modules %s\nruntimes %s\n' "${MODULES[*]}" "${RUNTIMES[*]}"
 ) 
 INPUT_HASH=$(printf '%s' "$INPUT_HASH" | sha256sum | cut -d' ' -f1)
 
@@ -107,7 +152,7 @@ if ((force == 0)) && up_to_date; then
 fi
 
 # --- download ------------------------------------------------------------------------
-step "downloading .debs into guest/cache/"
+step "downloading .debs and the $WABT_SRC_PKG source into guest/cache/"
 mkdir -p "$CACHE"
 for pkg in "$KERNEL_PKG" "$BUSYBOX_PKG"; do
 	deb=${PKG_FILE[$pkg]}
@@ -125,6 +170,26 @@ for pkg in "$KERNEL_PKG" "$BUSYBOX_PKG"; do
 	rm -rf "$tmp"
 	echo "    $pkg: downloaded $(stat -c %s "$deb") bytes"
 done
+WABT_SRC_DIR=$CACHE/src/$WABT_SRC_PKG-$WABT_SRC_VER
+wabt_src_cached() {
+	local file
+	for file in "${!WABT_SRC_SHA[@]}"; do
+		[[ -f $WABT_SRC_DIR/$file && $(sha256 "$WABT_SRC_DIR/$file") == "${WABT_SRC_SHA[$file]}" ]] || return 1
+	done
+}
+if wabt_src_cached; then
+	echo "    $WABT_SRC_PKG source: cached"
+else
+	mkdir -p "$CACHE/src"
+	tmp=$(mktemp -d "$CACHE/src/.download.XXXXXX")
+	# apt checks each file against the signed Sources index.
+	(cd "$tmp" && apt-get source --download-only -q -o APT::Sandbox::User=root "$WABT_SRC_PKG=$WABT_SRC_VER" >/dev/null) ||
+		{ rm -rf "$tmp"; die "apt-get source --download-only $WABT_SRC_PKG=$WABT_SRC_VER failed"; }
+	rm -rf "$WABT_SRC_DIR"
+	mv "$tmp" "$WABT_SRC_DIR"
+	wabt_src_cached || die "$WABT_SRC_PKG source files do not match apt's sha256"
+	echo "    $WABT_SRC_PKG source: downloaded $(du -sb "$WABT_SRC_DIR" | cut -f1) bytes"
+fi
 
 # --- extract -----------------------------------------------------------------------------
 step "extracting packages"
@@ -139,6 +204,35 @@ BZIMAGE=$WORK/kernel/boot/vmlinuz-$KREL
 BUSYBOX=$WORK/busybox/bin/busybox
 [[ -x $BUSYBOX ]] || die "$BUSYBOX_PKG has no bin/busybox"
 
+# --- libwabt ---------------------------------------------------------------------------------
+step "building libwabt (cached in guest/cache/)"
+# Keyed by everything that goes into the library; a cache hit skips the ~2 minute build.
+LIBWABT_KEY=$(printf 'dsc %s\ng++ %s\ncmake %s\nflags %s\n' "${WABT_SRC_SHA[$WABT_DSC]}" "$(g++ -dumpfullversion)" \
+	"$(pkg_version cmake)" "${WABT_CMAKE_FLAGS[*]}" | sha256sum | cut -c1-16)
+LIBWABT=$CACHE/libwabt-$LIBWABT_KEY
+if [[ -f $LIBWABT/lib/libwabt.a && -f $LIBWABT/include/wabt/config.h ]]; then
+	echo "    libwabt $WABT_SRC_VER: cached ($LIBWABT_KEY)"
+else
+	echo "    libwabt $WABT_SRC_VER: building (about 2 minutes on 2 cores; log in guest/build/wabt.log)"
+	started=$SECONDS
+	src=$GUEST_DIR/build/wabt-src
+	rm -rf "$src"
+	mkdir -p "$GUEST_DIR/build"
+	log=$GUEST_DIR/build/wabt.log
+	dpkg-source -x "$WABT_SRC_DIR/$WABT_DSC" "$src" >"$log" 2>&1 || die "dpkg-source -x $WABT_DSC failed (see $log)"
+	(cd "$src" && mkdir -p build && cd build && cmake .. "${WABT_CMAKE_FLAGS[@]}" && make -j"$(nproc)" wabt) >>"$log" 2>&1 ||
+		die "building libwabt failed (see $log)"
+	tmp=$(mktemp -d "$CACHE/.libwabt.XXXXXX")
+	mkdir -p "$tmp/lib" "$tmp/include"
+	cp "$src/build/libwabt.a" "$tmp/lib/"
+	cp -r "$src/include/wabt" "$tmp/include/"
+	cp "$src/build/include/wabt/config.h" "$tmp/include/wabt/"
+	rm -rf "$CACHE"/libwabt-*
+	mv "$tmp" "$LIBWABT"
+	rm -rf "$src"
+	echo "    libwabt built in $((SECONDS - started)) s"
+fi
+
 # --- compile -------------------------------------------------------------------------------
 step "compiling init and agent (gcc -static -Os)"
 CFLAGS=(-static -Os -s -Wall -Wextra -D_GNU_SOURCE -ffunction-sections -fdata-sections -Wl,--gc-sections)
@@ -147,6 +241,32 @@ gcc "${CFLAGS[@]}" -o "$WORK/bin/evolvm-agent" agent/*.c -lmsgpuck
 PROTO_VERSION=$(sed -n 's/^#define PROTO_VERSION \([0-9]*\)$/\1/p' agent/agent.h)
 AGENT_NAME=$(sed -n 's/^#define AGENT_NAME "\(.*\)"$/\1/p' agent/agent.h)
 [[ -n $PROTO_VERSION && -n $AGENT_NAME ]] || die "cannot read PROTO_VERSION/AGENT_NAME from agent/agent.h"
+
+# --- runtimes ------------------------------------------------------------------------------------
+step "compiling the runtimes (${RUNTIMES[*]})"
+RTFLAGS=(-static -O2 -s -Wall -Wextra -D_GNU_SOURCE -ffunction-sections -fdata-sections -Wl,--gc-sections)
+mkdir -p "$WORK/rt"
+gcc "${RTFLAGS[@]}" -c -o "$WORK/rt/rtchan.o" runtimes/common/rtchan.c
+build_runtime_wasm() {
+	g++ "${RTFLAGS[@]}" -std=c++17 -DRT_VERSION="\"${RT_VERSION[wasm]}\"" -isystem "$LIBWABT/include" \
+		-o "$WORK/rt/evolvm-rt-wasm" runtimes/wasm/rt-wasm.cc "$WORK/rt/rtchan.o" "$LIBWABT/lib/libwabt.a" -lmsgpuck
+}
+build_runtime_js() {
+	# duktape.c is compiled on its own: its warnings are not ours.
+	gcc -O2 -w -ffunction-sections -fdata-sections -c -o "$WORK/rt/duktape.o" "$DUKTAPE_DIR/duktape.c"
+	gcc "${RTFLAGS[@]}" -DRT_VERSION="\"${RT_VERSION[js]}\"" -I"$DUKTAPE_DIR" \
+		-o "$WORK/rt/evolvm-rt-js" runtimes/js/rt-js.c "$WORK/rt/rtchan.o" "$WORK/rt/duktape.o" -lmsgpuck -lm
+}
+# In parallel: duktape.c alone takes ~15 s.
+declare -A RT_PID
+for rt in "${RUNTIMES[@]}"; do
+	"build_runtime_$rt" &
+	RT_PID[$rt]=$!
+done
+for rt in "${RUNTIMES[@]}"; do
+	wait "${RT_PID[$rt]}" || die "compiling runtime $rt failed"
+	echo "    $rt: ${RT_VERSION[$rt]}, $(stat -c %s "$WORK/rt/evolvm-rt-$rt") bytes"
+done
 
 # --- modules -----------------------------------------------------------------------------------
 step "resolving kernel modules"
@@ -219,6 +339,12 @@ mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,etc,root,proc,sys,dev,tmp,run}
 install -m 0755 "$WORK/bin/init" "$ROOT/init"
 install -m 0755 "$WORK/bin/evolvm-agent" "$ROOT/sbin/evolvm-agent"
 install -m 0755 "$BUSYBOX" "$ROOT/bin/busybox"
+for rt in "${RUNTIMES[@]}"; do
+	mkdir -p "$ROOT/opt/evolvm/runtimes/$rt"
+	install -m 0755 "$WORK/rt/evolvm-rt-$rt" "$ROOT/opt/evolvm/runtimes/$rt/evolvm-rt-$rt"
+	printf 'name=%s\nexec=/opt/evolvm/runtimes/%s/evolvm-rt-%s\nabi=1\nversion=%s\n' "$rt" "$rt" "$rt" "${RT_VERSION[$rt]}" \
+		>"$ROOT/opt/evolvm/runtimes/$rt/runtime.conf"
+done
 while read -r applet; do
 	[[ -n $applet && ! -e $ROOT/$applet && ! -L $ROOT/$applet ]] || continue
 	mkdir -p "$ROOT/$(dirname "$applet")"
@@ -285,6 +411,8 @@ json_list() { local first=1 x; for x in "$@"; do ((first)) || printf ', '; print
 	printf '  "busybox": {"package": "%s", "version": "%s", "deb_sha256": "%s", "busybox_version": "%s"},\n' \
 		"$BUSYBOX_PKG" "${PKG_VER[$BUSYBOX_PKG]}" "${PKG_SHA[$BUSYBOX_PKG]}" "$BUSYBOX_VERSION"
 	printf '  "modules": [%s],\n' "$(json_list "${MOD_NAMES[@]}")"
+	printf '  "runtimes": {"wasm": {"version": "%s", "source_package": "%s", "source_version": "%s"}, "js": {"version": "%s", "package": "%s", "package_version": "%s"}},\n' \
+		"${RT_VERSION[wasm]}" "$WABT_SRC_PKG" "$WABT_SRC_VER" "${RT_VERSION[js]}" "$DUKTAPE_PKG" "$DUKTAPE_VER"
 	printf '  "files": {\n'
 	first=1
 	for f in vmlinuz vmlinux initramfs.cpio initramfs.cpio.gz; do

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define AGENT_NAME "evolvm-agent/0.1.0"
 #define PROTO_VERSION 1
@@ -30,6 +31,7 @@ void oq_uint(uint64_t v);
 void oq_int(int64_t v);
 void oq_bool(bool v);
 void oq_bin(const void *p, uint32_t len);
+void oq_raw(const void *p, size_t len); /* already-encoded msgpack */
 size_t oq_pending(void);
 int oq_flush(int fd);
 void oq_drop_partial(void);
@@ -67,6 +69,8 @@ void op_file_read(uint64_t id, const char *args);
 void op_set_clock(uint64_t id, const char *args);
 void op_reseed(uint64_t id, const char *args);
 void op_shutdown(uint64_t id, const char *args);
+void op_rt_start(uint64_t id, const char *args);
+void op_rt_req(uint64_t id, const char *args);
 
 /* hello.c */
 void hello_init(void);
@@ -86,6 +90,13 @@ int exec_sigfd(void);
 /* fileops.c: pending file_read streams. */
 void fread_tick(bool backpressured);
 bool fread_pending(void);
+
+/* runtime.c: runtimes started by rt_start (see ../RUNTIMES.md). */
+void rt_hostret(const char *map, uint32_t n); /* a hostret frame from the host */
+void rt_reaped(pid_t pid, int status);        /* a child that is not an exec job exited */
+void rt_poll_add(bool backpressured);
+void rt_tick(void);
+int rt_timeout_ms(void); /* -1 when no deadline */
 
 /* shutdown.c */
 extern bool shutdown_requested;

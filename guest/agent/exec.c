@@ -335,12 +335,14 @@ void exec_reap(void)
 	int status;
 	pid_t pid;
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-		for (struct job *j = jobs; j; j = j->next) {
-			if (j->pid == pid && !j->reaped) {
-				j->reaped = true;
-				j->status = status;
-				break;
-			}
+		struct job *j = jobs;
+		while (j && (j->pid != pid || j->reaped))
+			j = j->next;
+		if (j) {
+			j->reaped = true;
+			j->status = status;
+		} else {
+			rt_reaped(pid, status);
 		}
 	}
 }

@@ -31,6 +31,8 @@ static const struct {
 	{ "set_clock", op_set_clock },
 	{ "reseed", op_reseed },
 	{ "shutdown", op_shutdown },
+	{ "rt_start", op_rt_start },
+	{ "rt_req", op_rt_req },
 };
 
 static void disconnect(const char *why)
@@ -52,8 +54,12 @@ static void handle_frame(const char *p, uint32_t n)
 	const char *t, *op;
 	uint32_t tlen, oplen;
 	uint64_t id;
+	if (mp_get_str(mp_find(p, "t"), &t, &tlen) && tlen == 7 && memcmp(t, "hostret", 7) == 0) {
+		rt_hostret(p, n);
+		return;
+	}
 	if (!mp_get_str(mp_find(p, "t"), &t, &tlen) || tlen != 3 || memcmp(t, "req", 3) != 0) {
-		logmsg("dropping a frame whose t is not \"req\"");
+		logmsg("dropping a frame whose t is not \"req\" or \"hostret\"");
 		return;
 	}
 	if (!mp_get_uint(mp_find(p, "id"), &id) || id == 0) {
@@ -205,7 +211,10 @@ int main(int argc, char **argv)
 		if (connected)
 			ps_add(port, POLLIN | (oq_pending() > 0 ? POLLOUT : 0), on_port, NULL, 0);
 		exec_poll_add(bp);
-		int timeout = exec_timeout_ms();
+		rt_poll_add(bp);
+		int timeout = exec_timeout_ms(), rt_timeout = rt_timeout_ms();
+		if (rt_timeout >= 0 && (timeout < 0 || rt_timeout < timeout))
+			timeout = rt_timeout;
 		if (!connected && (timeout < 0 || timeout > RECONNECT_POLL_MS))
 			timeout = RECONNECT_POLL_MS;
 		if (fread_pending() && !bp)
@@ -214,5 +223,6 @@ int main(int argc, char **argv)
 		ps_dispatch();
 		exec_tick(oq_full());
 		fread_tick(oq_full());
+		rt_tick();
 	}
 }

@@ -86,6 +86,13 @@ void oq_strn(const char *s, uint32_t len) { char *p = reserve(5 + (size_t)len); 
 void oq_str(const char *s) { oq_strn(s, (uint32_t)strlen(s)); }
 void oq_bin(const void *d, uint32_t len) { char *p = reserve(5 + (size_t)len); tail = mp_encode_bin(p, d, len) - buf; }
 
+void oq_raw(const void *d, size_t len)
+{
+	char *p = reserve(len);
+	memcpy(p, d, len);
+	tail += len;
+}
+
 void oq_int(int64_t v)
 {
 	char *p = reserve(9);

@@ -1,0 +1,315 @@
+/* The runtime side of the agent <-> runtime channel; see rtchan.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <msgpuck.h>
+#include "rtchan.h"
+
+static int chan_in = -1, chan_out = -1;
+static char log_name[64] = "evolvm-rt";
+static uint64_t next_call;
+
+void rt_log(const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	dprintf(2, "%s: %s\n", log_name, buf);
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+	p = realloc(p, n);
+	if (!p) {
+		rt_log("out of memory (%zu bytes)", n);
+		abort();
+	}
+	return p;
+}
+
+/* Room for n more bytes, or NULL once the frame is past the bound. */
+static char *reserve(struct mpb *b, size_t n)
+{
+	if (b->overflow)
+		return NULL;
+	if (b->len + n > 4 + (size_t)RT_MAX_FRAME) {
+		b->overflow = true;
+		return NULL;
+	}
+	if (b->len + n > b->cap) {
+		size_t ncap = b->cap ? b->cap : 4096;
+		while (ncap < b->len + n)
+			ncap *= 2;
+		b->p = xrealloc(b->p, ncap);
+		b->cap = ncap;
+	}
+	return b->p + b->len;
+}
+
+#define ENCODE(b, max, expr)                          \
+	do {                                          \
+		char *p_ = reserve((b), (max));       \
+		if (p_)                               \
+			(b)->len = (size_t)((expr) - (b)->p); \
+	} while (0)
+
+void mpb_frame(struct mpb *b)
+{
+	b->len = 0;
+	b->overflow = false;
+	reserve(b, 4);
+	b->len = 4;
+}
+void mpb_map(struct mpb *b, uint32_t n) { ENCODE(b, 5, mp_encode_map(p_, n)); }
+void mpb_array(struct mpb *b, uint32_t n) { ENCODE(b, 5, mp_encode_array(p_, n)); }
+void mpb_strn(struct mpb *b, const char *s, uint32_t len) { ENCODE(b, 5 + (size_t)len, mp_encode_str(p_, s, len)); }
+void mpb_str(struct mpb *b, const char *s) { mpb_strn(b, s, (uint32_t)strlen(s)); }
+void mpb_bin(struct mpb *b, const void *d, uint32_t len) { ENCODE(b, 5 + (size_t)len, mp_encode_bin(p_, d, len)); }
+void mpb_uint(struct mpb *b, uint64_t v) { ENCODE(b, 9, mp_encode_uint(p_, v)); }
+void mpb_int(struct mpb *b, int64_t v) { ENCODE(b, 9, v >= 0 ? mp_encode_uint(p_, (uint64_t)v) : mp_encode_int(p_, v)); }
+void mpb_float(struct mpb *b, float v) { ENCODE(b, 5, mp_encode_float(p_, v)); }
+void mpb_double(struct mpb *b, double v) { ENCODE(b, 9, mp_encode_double(p_, v)); }
+void mpb_bool(struct mpb *b, bool v) { ENCODE(b, 1, mp_encode_bool(p_, v)); }
+void mpb_nil(struct mpb *b) { ENCODE(b, 1, mp_encode_nil(p_)); }
+
+void mpb_raw(struct mpb *b, const char *d, size_t n)
+{
+	char *p = reserve(b, n);
+	if (p) {
+		memcpy(p, d, n);
+		b->len += n;
+	}
+}
+
+static void write_all(const char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(chan_out, p, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			rt_log("writing to the agent: %s; exiting", strerror(errno));
+			_exit(1);
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+}
+
+int rt_send(struct mpb *b)
+{
+	if (b->overflow || b->len <= 4)
+		return -1;
+	uint32_t n = (uint32_t)(b->len - 4);
+	unsigned char *h = (unsigned char *)b->p;
+	h[0] = n >> 24; h[1] = n >> 16; h[2] = n >> 8; h[3] = n;
+	write_all(b->p, b->len);
+	return 0;
+}
+
+/* Reads exactly n bytes; false at EOF before the first byte, exits on EOF inside. */
+static bool read_all(char *p, size_t n, bool eof_ok)
+{
+	size_t got = 0;
+	while (got < n) {
+		ssize_t r = read(chan_in, p + got, n - got);
+		if (r > 0) {
+			got += (size_t)r;
+			continue;
+		}
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r == 0 && got == 0 && eof_ok)
+			return false;
+		rt_log("reading from the agent: %s; exiting", r == 0 ? "EOF inside a frame" : strerror(errno));
+		_exit(1);
+	}
+	return true;
+}
+
+char *rt_recv(void)
+{
+	unsigned char h[4];
+	if (!read_all((char *)h, 4, true))
+		return NULL;
+	uint32_t n = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+	if (n == 0 || n > RT_MAX_FRAME) {
+		rt_log("bad frame length %u from the agent; exiting", n);
+		_exit(1);
+	}
+	char *f = xrealloc(NULL, n);
+	read_all(f, n, false);
+	const char *q = f;
+	if (mp_check(&q, f + n) != 0 || q != f + n || mp_typeof(*f) != MP_MAP) {
+		rt_log("a frame from the agent is not one msgpack map; exiting");
+		_exit(1);
+	}
+	return f;
+}
+
+void rt_init(const char *name, const char *version)
+{
+	snprintf(log_name, sizeof log_name, "evolvm-rt-%s", name);
+	/* The channel gets private fds; fd 0 becomes /dev/null and fd 1 the console, so that nothing
+	 * else in the process can read or write a frame by accident. */
+	chan_in = fcntl(0, F_DUPFD_CLOEXEC, 3);
+	chan_out = fcntl(1, F_DUPFD_CLOEXEC, 3);
+	if (chan_in < 0 || chan_out < 0) {
+		rt_log("dup: %s", strerror(errno));
+		_exit(1);
+	}
+	int null = open("/dev/null", O_RDONLY);
+	if (null >= 0) {
+		dup2(null, 0);
+		if (null != 0)
+			close(null);
+	}
+	dup2(2, 1);
+	struct mpb b = { 0 };
+	mpb_frame(&b);
+	mpb_map(&b, 3);
+	mpb_str(&b, "t"); mpb_str(&b, "ready");
+	mpb_str(&b, "name"); mpb_str(&b, name);
+	mpb_str(&b, "version"); mpb_str(&b, version);
+	rt_send(&b);
+	free(b.p);
+}
+
+void rt_res_begin(struct mpb *b, uint64_t id)
+{
+	mpb_frame(b);
+	mpb_map(b, 4);
+	mpb_str(b, "t"); mpb_str(b, "res");
+	mpb_str(b, "id"); mpb_uint(b, id);
+	mpb_str(b, "ok"); mpb_bool(b, true);
+	mpb_str(b, "v");
+}
+
+void rt_res_send(struct mpb *b, uint64_t id)
+{
+	if (rt_send(b) < 0)
+		rt_res_err(id, "TOO_LARGE", "the reply does not fit in a %u-byte frame", RT_MAX_FRAME);
+}
+
+void rt_res_err(uint64_t id, const char *code, const char *fmt, ...)
+{
+	char msg[4096];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	struct mpb b = { 0 };
+	mpb_frame(&b);
+	mpb_map(&b, 4);
+	mpb_str(&b, "t"); mpb_str(&b, "res");
+	mpb_str(&b, "id"); mpb_uint(&b, id);
+	mpb_str(&b, "ok"); mpb_bool(&b, false);
+	mpb_str(&b, "e"); mpb_map(&b, 2);
+	mpb_str(&b, "code"); mpb_str(&b, code);
+	mpb_str(&b, "msg"); mpb_str(&b, msg);
+	rt_send(&b);
+	free(b.p);
+}
+
+uint64_t rt_hostcall_begin(struct mpb *b, uint64_t req_id, const char *fn)
+{
+	uint64_t call = ++next_call;
+	mpb_frame(b);
+	mpb_map(b, 5);
+	mpb_str(b, "t"); mpb_str(b, "hostcall");
+	mpb_str(b, "id"); mpb_uint(b, req_id);
+	mpb_str(b, "call"); mpb_uint(b, call);
+	mpb_str(b, "fn"); mpb_str(b, fn);
+	mpb_str(b, "args");
+	return call;
+}
+
+char *rt_hostcall_wait(struct mpb *b, uint64_t call, const char **err)
+{
+	if (rt_send(b) < 0) {
+		*err = "the host function's arguments do not fit in a frame";
+		return NULL;
+	}
+	for (;;) {
+		char *f = rt_recv();
+		if (!f) {
+			*err = "the agent went away during a host call";
+			return NULL;
+		}
+		uint64_t c;
+		if (rt_str_eq(rt_find(f, "t"), "hostret") && rt_get_uint(rt_find(f, "call"), &c) && c == call)
+			return f;
+		/* The agent sends one request at a time, so nothing else should come while a call waits. */
+		rt_log("dropping an unexpected frame while waiting for host call %llu", (unsigned long long)call);
+		free(f);
+	}
+}
+
+const char *rt_find(const char *map, const char *key)
+{
+	if (!map || mp_typeof(*map) != MP_MAP)
+		return NULL;
+	const char *p = map;
+	uint32_t n = mp_decode_map(&p);
+	size_t klen = strlen(key);
+	for (uint32_t i = 0; i < n; i++) {
+		if (mp_typeof(*p) == MP_STR) {
+			uint32_t len;
+			const char *k = mp_decode_str(&p, &len);
+			if (len == klen && memcmp(k, key, len) == 0)
+				return p;
+		} else {
+			mp_next(&p);
+		}
+		mp_next(&p);
+	}
+	return NULL;
+}
+
+bool rt_get_uint(const char *v, uint64_t *out)
+{
+	if (!v)
+		return false;
+	if (mp_typeof(*v) == MP_UINT) {
+		*out = mp_decode_uint(&v);
+		return true;
+	}
+	if (mp_typeof(*v) == MP_INT) {
+		int64_t i = mp_decode_int(&v);
+		if (i < 0)
+			return false;
+		*out = (uint64_t)i;
+		return true;
+	}
+	return false;
+}
+
+bool rt_get_str(const char *v, const char **s, uint32_t *len)
+{
+	if (!v || mp_typeof(*v) != MP_STR)
+		return false;
+	*s = mp_decode_str(&v, len);
+	return true;
+}
+
+bool rt_get_bin(const char *v, const char **p, uint32_t *len)
+{
+	if (v && mp_typeof(*v) == MP_BIN) {
+		*p = mp_decode_bin(&v, len);
+		return true;
+	}
+	return rt_get_str(v, p, len);
+}
+
+bool rt_str_eq(const char *v, const char *s)
+{
+	const char *x;
+	uint32_t len;
+	return rt_get_str(v, &x, &len) && len == strlen(s) && memcmp(x, s, len) == 0;
+}

@@ -1,0 +1,166 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import {
+  CallTimeoutError,
+  defineHostFunction,
+  GuestOperationError,
+  KernelBooted,
+  loadCode,
+  loadRuntime,
+  RuntimeLoaded,
+  sandboxOf,
+  TransitionFailedError,
+  UserCodeLoaded,
+} from '../../src/index.js';
+import { expectNoLeaks, testRunDir } from '../helpers/leaks.js';
+
+const runDir = testRunDir('wasm');
+const wasm = (name: string) => readFileSync(join(import.meta.dirname, '..', 'fixtures', 'wasm', `${name}.wasm`));
+const hostCalls: number[] = [];
+const double = defineHostFunction({
+  name: 'double',
+  params: z.tuple([z.number().int()]),
+  result: z.number().int(),
+  wasm: { params: ['i32'], results: ['i32'] },
+  impl: (x) => {
+    hostCalls.push(x);
+    return x * 2;
+  },
+});
+
+// One sandbox, one runtime: every test loads its module from the same RuntimeLoaded stage and devolves back.
+let runtime: RuntimeLoaded;
+
+beforeAll(async () => {
+  const booted = await KernelBooted.boot({ runDir }, { hostFunctions: [double] });
+  runtime = await booted.evolve(loadRuntime({ kind: 'wasm' }));
+});
+
+afterAll(async () => {
+  await runtime?.close();
+  await expectNoLeaks(runDir);
+});
+
+async function withModule<T>(name: string, body: (code: UserCodeLoaded) => Promise<T>): Promise<T> {
+  const code = await runtime.evolve(loadCode(wasm(name)));
+  try {
+    return await body(code);
+  } finally {
+    if (code.status === 'ready') runtime = await code.devolve();
+  }
+}
+
+describe('the WebAssembly runtime', () => {
+  it('reports the runtime and the module exports with their types', async () => {
+    expect(runtime.runtime.kind).toBe('wasm');
+    expect(runtime.runtime.version).toMatch(/wabt/);
+    await withModule('arith', async (code) => {
+      expect(code.code.exports).toEqual(
+        expect.arrayContaining([{ name: 'add', params: ['i32', 'i32'], results: ['i32'] }, { name: 'mul64', params: ['i64', 'i64'], results: ['i64'] }]),
+      );
+    });
+  });
+
+  it('calls with i32, i64, f32 and f64 arguments and results', async () => {
+    await withModule('arith', async (code) => {
+      expect(await code.call('add', 2, 40)).toBe(42);
+      expect(await code.call('add', 2_147_483_647, 1)).toBe(-2_147_483_648);
+      expect(await code.call('mul64', 3_000_000_000n, 4_000_000_000n)).toBe(BigInt.asIntN(64, 12_000_000_000_000_000_000n));
+      expect(await code.call('mul64', 6, 7)).toBe(42);
+      expect(await code.call('div_f64', 1, 4)).toBe(0.25);
+      expect(await code.call('half_f32', 3)).toBe(1.5);
+      expect(await code.call('noop')).toBeUndefined();
+    });
+  });
+
+  it('sums a 64 KiB buffer passed through linear memory', async () => {
+    await withModule('memsum', async (code) => {
+      const data = Buffer.alloc(64 * 1024);
+      for (let i = 0; i < data.length; i++) data[i] = i & 0xff;
+      const expected = data.reduce((sum, byte) => sum + byte, 0);
+      await code.writeMemory(1024, data);
+      expect(Number(await code.call('sum', 1024, data.length))).toBe(expected);
+      await code.call('fill', 2048, 16, 0xab);
+      expect((await code.readMemory(2048, 16)).equals(Buffer.alloc(16, 0xab))).toBe(true);
+    });
+  });
+
+  it('keeps instance state across calls, and a devolve resets it', async () => {
+    await withModule('counter', async (code) => {
+      expect(await code.call('increment')).toBe(1);
+      expect(await code.call('increment')).toBe(2);
+      expect(await code.call('get')).toBe(2);
+    });
+    await withModule('counter', async (code) => {
+      expect(await code.call('get')).toBe(0);
+    });
+  });
+
+  it('calls an imported host function, guest → host → guest', async () => {
+    hostCalls.length = 0;
+    await withModule('hostcall', async (code) => {
+      expect(await code.call('quadruple', 5)).toBe(20);
+      expect(hostCalls).toEqual([5, 10]);
+    });
+  });
+
+  it('turns a trap into a typed error and stays usable', async () => {
+    await withModule('trap', async (code) => {
+      await expect(code.call('boom')).rejects.toMatchObject({ code: 'GUEST_OPERATION_FAILED', guestCode: 'TRAP' });
+      await expect(code.call('divzero', 1)).rejects.toMatchObject({ guestCode: 'TRAP' });
+      expect(await code.call('ok')).toBe(1);
+    });
+  });
+
+  it('refuses a missing export and wrong argument types', async () => {
+    await withModule('arith', async (code) => {
+      await expect(code.call('nope')).rejects.toMatchObject({ guestCode: 'NO_EXPORT' });
+      await expect(code.call('add', 1)).rejects.toMatchObject({ guestCode: 'BAD_ARGS' });
+      await expect(code.call('add', 'one', 2)).rejects.toMatchObject({ guestCode: 'BAD_ARGS' });
+      await expect(code.call('add', 1.5, 2)).rejects.toMatchObject({ guestCode: 'BAD_ARGS' });
+      expect(await code.call('add', 1, 2)).toBe(3);
+    });
+  });
+
+  it('rolls back a load of invalid WASM or a trapping start function', async () => {
+    for (const name of ['invalid', 'start-trap']) {
+      const error = await runtime.evolve(loadCode(wasm(name))).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(TransitionFailedError);
+      expect(error).toMatchObject({ rolledBack: true });
+      expect((error as TransitionFailedError).cause).toBeInstanceOf(GuestOperationError);
+      expect(runtime.status).toBe('ready');
+    }
+    await withModule('counter', async (code) => expect(await code.call('increment')).toBe(1));
+  });
+
+  it('moves an endless loop back to the runtime stage, which stays usable', async () => {
+    const code = await runtime.evolve(loadCode(wasm('loop')));
+    const error = await code.callWith({ timeoutMs: 1_500 }, 'forever').catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(CallTimeoutError);
+    const recovered = (error as CallTimeoutError).recovered as RuntimeLoaded;
+    expect(recovered).toBeInstanceOf(RuntimeLoaded);
+    expect(code.status).toBe('consumed');
+    runtime = recovered;
+    await withModule('arith', async (next) => expect(await next.call('add', 1, 1)).toBe(2));
+  });
+
+  it('hot-swaps 50 modules in a row without the scratch disk growing, at a flat latency', async () => {
+    const scratch = sandboxOf(runtime).machine.paths.scratchDisk;
+    const { statSync } = await import('node:fs');
+    const before = statSync(scratch).blocks;
+    const latencies: number[] = [];
+    for (let i = 0; i < 50; i++) {
+      const started = performance.now();
+      const code = await runtime.evolve(loadCode(wasm(i % 2 ? 'arith' : 'counter')));
+      expect(await code.call(i % 2 ? 'add' : 'increment', ...(i % 2 ? [i, 1] : []))).toBe(i % 2 ? i + 1 : 1);
+      runtime = await code.devolve();
+      latencies.push(performance.now() - started);
+    }
+    expect(statSync(scratch).blocks).toBeLessThanOrEqual(before + 2048); // ≤ 1 MiB of qcow2 metadata slack
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    // Flat: the last ten swaps are not slower than the first ten by more than half.
+    expect(median(latencies.slice(-10))).toBeLessThan(median(latencies.slice(0, 10)) * 1.5 + 20);
+  }, 300_000);
+});
