@@ -1,7 +1,8 @@
 /** What every benchmark group and the runner share. */
 import { summarize } from './stats.js';
 
-export type Unit = 'ms' | 'x';
+/** Milliseconds, a ratio, mebibytes, or a rate per second. */
+export type Unit = 'ms' | 'x' | 'MiB' | '1/s';
 
 /** A goal a result should meet: at most (`<=`) or at least (`>=`) `value`, compared with the median. */
 export interface Target {
@@ -16,6 +17,8 @@ export interface Result {
   readonly median: number;
   readonly p95: number;
   readonly runs: number;
+  /** Set when the figure was not measured exactly as its description says (e.g. a fallback runtime). */
+  readonly note?: string;
 }
 
 /** What a result means, and its target if it has one. */
@@ -34,6 +37,11 @@ export interface BenchContext {
   readonly signal: AbortSignal;
   /** Progress, to stderr. */
   log(message: string): void;
+  /**
+   * Whether this run reports `name` or a ratio built on it. A group may skip the work of metrics nobody
+   * asked for (`--only`); what it measures anyway is left out of the report.
+   */
+  wants(name: string): boolean;
 }
 
 /** Benchmarks that share a machine: one file under `benchmarks/`, measured together. */
@@ -54,7 +62,7 @@ export function since(start: number): number {
   return performance.now() - start;
 }
 
-/** The result of `metric` from its samples. */
-export function resultOf(metric: Metric, samples: readonly number[]): Result {
-  return { name: metric.name, unit: metric.unit, ...summarize(samples) };
+/** The result of `metric` from its samples, with `note` when given. */
+export function resultOf(metric: Metric, samples: readonly number[], note?: string): Result {
+  return { name: metric.name, unit: metric.unit, ...summarize(samples), ...(note ? { note } : {}) };
 }

@@ -59,7 +59,8 @@ export function toTable(results: readonly Result[], metrics: ReadonlyMap<string,
   });
   const widths = header.map((_, column) => Math.max(...[header, ...rows].map((row) => row[column]!.length)));
   const line = (row: string[]) => row.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join('  ');
-  return [line(header), line(widths.map((width) => '-'.repeat(width))), ...rows.map(line)].join('\n') + '\n';
+  const notes = results.flatMap((result) => (result.note ? [`note: ${result.name}: ${result.note}`] : []));
+  return [line(header), line(widths.map((width) => '-'.repeat(width))), ...rows.map(line), ...notes].join('\n') + '\n';
 }
 
 export function meets(value: number, target: Target): boolean {
@@ -70,7 +71,7 @@ function rounded(result: Result): Result {
   return { ...result, median: round(result.median), p95: round(result.p95) };
 }
 
-/** Microsecond resolution for milliseconds, three decimals for ratios. */
+/** Three decimals: microsecond resolution for milliseconds, enough for ratios, MiB and rates. */
 function round(value: number): number {
   return Math.round(value * 1000) / 1000;
 }

@@ -89,6 +89,7 @@ async function main(): Promise<number> {
     runDir,
     signal: interrupt.signal,
     log: (message) => process.stderr.write(`[bench] ${message}\n`),
+    wants: (name) => needed.has(name),
   };
 
   const measured = new Map<string, Result>();
@@ -119,7 +120,16 @@ async function main(): Promise<number> {
   for (const ratio of ratios) {
     const [a, b] = [measured.get(ratio.numerator), measured.get(ratio.denominator)];
     if (!a || !b) continue;
-    measured.set(ratio.name, { name: ratio.name, unit: 'x', median: a.median / b.median, p95: a.p95 / b.p95, runs: Math.min(a.runs, b.runs) });
+    // A ratio inherits its inputs' notes (a fallback in either changes what it compares).
+    const note = [...new Set([a.note, b.note].filter((text): text is string => Boolean(text)))].join('; ');
+    measured.set(ratio.name, {
+      name: ratio.name,
+      unit: 'x',
+      median: a.median / b.median,
+      p95: a.p95 / b.p95,
+      runs: Math.min(a.runs, b.runs),
+      ...(note ? { note } : {}),
+    });
   }
   const results = selected.flatMap((metric) => measured.get(metric.name) ?? []);
   const report = { results, run: runInfo(load1mBefore, runs) };

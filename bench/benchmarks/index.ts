@@ -1,10 +1,13 @@
 import type { BenchGroup, Ratio } from '../benchmark.js';
 import { coldBootGroup } from './cold-boot.js';
 import { lineageGroup } from './lineage.js';
+import { persistenceGroup } from './persistence.js';
 import { pingGroup } from './ping.js';
+import { runtimesGroup } from './runtimes.js';
+import { warmStartStagesGroup } from './warm-start-stages.js';
 
-/** Measured benchmarks, in the order they run and are reported. */
-export const groups: readonly BenchGroup[] = [coldBootGroup, pingGroup, lineageGroup];
+/** Measured benchmarks, in the order they run and are reported. The runtimes, which need the guest's wasm runtime, come last. */
+export const groups: readonly BenchGroup[] = [coldBootGroup, pingGroup, lineageGroup, persistenceGroup, warmStartStagesGroup, runtimesGroup];
 
 /** Results computed from two measured ones in the same run. */
 export const ratios: readonly Ratio[] = [
@@ -12,4 +15,10 @@ export const ratios: readonly Ratio[] = [
   { name: 'devolve-overhead', unit: 'x', target: { op: '<=', value: 1.1 }, numerator: 'devolve', denominator: 'raw-snapshot-load' },
   // How much faster going back to KernelBooted is than booting again (higher is better).
   { name: 'devolve-vs-cold', unit: 'x', numerator: 'cold-boot', denominator: 'devolve' },
+  // How much faster starting a stage from a persisted snapshot is than building it from a cold boot.
+  { name: 'warm-start-speedup', unit: 'x', target: { op: '>=', value: 15 }, numerator: 'cold-boot', denominator: 'warm-start' },
+  { name: 'warm-start-speedup-runtime', unit: 'x', target: { op: '>=', value: 15 }, numerator: 'cold-boot-runtime', denominator: 'warm-start-runtime' },
+  { name: 'warm-start-speedup-code', unit: 'x', target: { op: '>=', value: 15 }, numerator: 'cold-boot-code', denominator: 'warm-start-code' },
+  // Swapping the loaded code in place against building the same from a cold boot.
+  { name: 'hot-swap-speedup', unit: 'x', target: { op: '>=', value: 25 }, numerator: 'cold-path', denominator: 'hot-swap' },
 ];

@@ -1,0 +1,102 @@
+import { KernelBooted, sandboxOf } from '../../src/index.js';
+import { resultOf, since, type BenchGroup, type Metric, type Result } from '../benchmark.js';
+import { bytesOnDisk, closeAll, ms, openBenchStore, pssMiB } from './support.js';
+
+const persist: Metric = { name: 'persist', unit: 'ms' };
+const snapshotSizeRatio: Metric = { name: 'snapshot-size-ratio', unit: 'x', target: { op: '<=', value: 0.4 } };
+const warmStart: Metric = { name: 'warm-start', unit: 'ms' };
+const fork16: Metric = { name: 'fork-16', unit: 'ms', target: { op: '<=', value: 3_000 } };
+const forkPss: Metric = { name: 'fork-pss', unit: 'MiB', target: { op: '<=', value: 40 } };
+
+const FORK_COUNT = 16;
+/** Written before each persist, so that every snapshot holds a guest state that differs from the last. */
+const MARKER_PATH = '/tmp/evolvm-bench-persist-marker';
+/** The snapshot warm-start and fork-16 start from. */
+const TEMPLATE = 'kb';
+
+/**
+ * A KernelBooted persisted to a private store, and new sandboxes started from it:
+ * - `persist`: `KernelBooted.persist(store, name)` on one booted sandbox, each after a marker write;
+ * - `snapshot-size-ratio`: allocated bytes of each persisted snapshot's files / guest RAM bytes;
+ * - `warm-start`: `KernelBooted.fromSnapshot(store, 'kb')` until it returns (agent answered, identity
+ *   refreshed); the close after it is not timed;
+ * - `fork-16`: `KernelBooted.fork(store, 'kb', 16)` until all 16 are ready;
+ * - `fork-pss`: each clone's QEMU PSS, read right after the fork returned (16 samples per fork).
+ * The template `kb` is the first persist and is not timed (it warms the store and the page cache).
+ */
+export const persistenceGroup: BenchGroup = {
+  metrics: [persist, snapshotSizeRatio, warmStart, fork16, forkPss],
+  async run({ runs, runDir, signal, log, wants }) {
+    const samples = { persist: [] as number[], size: [] as number[], warm: [] as number[], fork: [] as number[], pss: [] as number[] };
+    const bench = await openBenchStore();
+    try {
+      const { store } = bench;
+      const booted = await KernelBooted.boot({ runDir }, { signal });
+      try {
+        const ratioOf = async (info: Awaited<ReturnType<typeof booted.persist>>) => {
+          const ratio = (await bytesOnDisk(info)) / (info.manifest.memoryMiB * 1024 * 1024);
+          samples.size.push(ratio);
+          return ratio;
+        };
+        await booted.writeFile(MARKER_PATH, 'template\n', { signal });
+        const template = await booted.persist(store, TEMPLATE, { signal });
+        log(`persist: template ${TEMPLATE} written, ${((await ratioOf(template)) * 100).toFixed(1)}% of guest RAM on disk`);
+        if (wants(persist.name) || wants(snapshotSizeRatio.name)) {
+          const n = runs(5);
+          for (let i = 1; i <= n; i++) {
+            signal.throwIfAborted();
+            await booted.writeFile(MARKER_PATH, `persist ${i} ${Date.now()}\n`, { signal });
+            const start = performance.now();
+            const info = await booted.persist(store, `${TEMPLATE}-${i}`, { signal });
+            samples.persist.push(since(start));
+            const ratio = await ratioOf(info);
+            log(`persist ${i}/${n}: ${ms(samples.persist.at(-1)!)} ms, ${(ratio * 100).toFixed(1)}% of guest RAM on disk`);
+          }
+        }
+      } finally {
+        await booted.close();
+      }
+
+      if (wants(warmStart.name)) {
+        const n = runs(5);
+        for (let i = 1; i <= n; i++) {
+          signal.throwIfAborted();
+          const start = performance.now();
+          const restored = await KernelBooted.fromSnapshot(store, TEMPLATE, { runDir }, { signal });
+          try {
+            samples.warm.push(since(start));
+          } finally {
+            await restored.close();
+          }
+          log(`warm-start ${i}/${n}: ${ms(samples.warm.at(-1)!)} ms`);
+        }
+      }
+
+      if (wants(fork16.name) || wants(forkPss.name)) {
+        const n = runs(3);
+        for (let i = 1; i <= n; i++) {
+          signal.throwIfAborted();
+          const start = performance.now();
+          const clones = await KernelBooted.fork(store, TEMPLATE, FORK_COUNT, { runDir }, { signal });
+          try {
+            samples.fork.push(since(start));
+            const pss = await Promise.all(clones.map((clone) => pssMiB(sandboxOf(clone).machine.pid)));
+            samples.pss.push(...pss);
+            const sorted = [...pss].sort((a, b) => a - b);
+            log(`fork-16 ${i}/${n}: ${ms(samples.fork.at(-1)!)} ms; PSS per clone ${sorted[0]!.toFixed(1)}–${sorted.at(-1)!.toFixed(1)} MiB`);
+          } finally {
+            await closeAll(clones);
+          }
+        }
+      }
+    } finally {
+      await bench.dispose();
+    }
+    const results: Result[] = [];
+    if (samples.persist.length > 0) results.push(resultOf(persist, samples.persist));
+    results.push(resultOf(snapshotSizeRatio, samples.size));
+    if (samples.warm.length > 0) results.push(resultOf(warmStart, samples.warm));
+    if (samples.fork.length > 0) results.push(resultOf(fork16, samples.fork), resultOf(forkPss, samples.pss));
+    return results;
+  },
+};
