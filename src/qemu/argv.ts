@@ -5,6 +5,8 @@ import type { RunPaths } from './run-paths.js';
 export const AGENT_PORT_NAME = 'org.evolvm.agent';
 /** The block node that holds in-VM snapshots (snapshot jobs name nodes, not drives: QEMU-NOTES pitfall 2). */
 export const SCRATCH_NODE = 'scratch0';
+/** The serial the guest's init looks for to mount the runtimes map. */
+export const MAPS_SERIAL = 'evolvm-maps';
 /** The guest's disk (/dev/vda): rolled back with RAM by in-VM snapshots, persisted as a qcow2 layer. */
 export const DATA_NODE = 'data0';
 
@@ -28,6 +30,8 @@ export interface QemuLaunch {
   readonly config: MachineConfig;
   readonly kernel: string;
   readonly initrd: string;
+  /** A read-only squashfs the guest mounts by its serial (the runtimes). */
+  readonly maps?: string;
   readonly accelerators: ReadonlyArray<'kvm' | 'tcg'>;
   readonly paths: RunPaths;
   /** Start paused, waiting for `migrate-incoming` (restoring from a file). */
@@ -70,6 +74,10 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
     // Holds vmstate only; no guest device, so the guest cannot touch snapshots.
     '-drive', `if=none,id=scratch,node-name=${SCRATCH_NODE},file=${paths.scratchDisk},format=qcow2,cache=unsafe,discard=unmap`,
   ];
+  if (launch.maps) {
+    // Read-only, so it stays out of snapshots: the guest finds it by serial, not by device order.
+    argv.push('-drive', `if=none,id=maps,file=${launch.maps},format=raw,readonly=on`, '-device', `virtio-blk-${bus},drive=maps,serial=${MAPS_SERIAL}`);
+  }
   if (launch.incoming) argv.push('-incoming', 'defer');
   return argv;
 }

@@ -9,6 +9,8 @@ export interface GuestImage {
   readonly initrd: string;
   /** The guest build's content hash, or `custom` for a kernel/initrd given by path. */
   readonly hash: string;
+  /** Read-only squashfs with the guest runtimes, attached as a disk (absent for a custom kernel/initrd). */
+  readonly maps?: string;
 }
 
 /** The evolvm package root, found by walking up from this module (works from src/ and from dist/). */
@@ -47,7 +49,9 @@ export function resolveGuestImage(kernel?: string, initrd?: string): GuestImage 
   const kernelPath = kernel ? resolve(kernel) : firstExisting(dir, KERNEL_NAMES);
   const initrdPath = initrd ? resolve(initrd) : firstExisting(dir, INITRD_NAMES);
   for (const path of [kernelPath, initrdPath]) if (!existsSync(path)) throw new GuestNotBuiltError(path);
-  return { kernel: kernelPath, initrd: initrdPath, hash: kernel || initrd ? 'custom' : readBuildHash(dir) };
+  const maps = join(dir, 'runtimes.squashfs');
+  if (kernel || initrd) return { kernel: kernelPath, initrd: initrdPath, hash: 'custom' };
+  return { kernel: kernelPath, initrd: initrdPath, hash: readBuildHash(dir), ...(existsSync(maps) ? { maps } : {}) };
 }
 
 function firstExisting(dir: string, names: readonly string[]): string {

@@ -337,6 +337,7 @@ function spawnQemu(
     config,
     kernel: image.kernel,
     initrd: image.initrd,
+    maps: image.maps,
     accelerators: resolveAccelerators(config.accel, kvmUsable()),
     paths,
     hostTscKhz: config.machine === 'microvm' ? hostTscKhz() : undefined,

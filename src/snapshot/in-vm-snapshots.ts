@@ -64,8 +64,9 @@ export class InVmSnapshots {
     }
     machine.lifecycle.trySend({ type: 'RESTORE_DONE', paused: false });
     try {
-      await machine.agent.resync(`restored snapshot ${tag}`, { signal: options.signal });
-      await machine.refreshIdentity({ signal: options.signal });
+      // Pipelined: resync fails what was pending and sends hello at once; clock and RNG requests follow it.
+      const hello = machine.agent.resync(`restored snapshot ${tag}`, { signal: options.signal });
+      await Promise.all([hello, machine.refreshIdentity({ signal: options.signal })]);
     } catch (error) {
       throw new SnapshotError('load', tag, { cause: machine.exitError ?? error });
     }

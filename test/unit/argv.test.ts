@@ -89,6 +89,13 @@ describe('buildQemuArgv', () => {
     expect(valueAfter(argvFor({}, { accelerators: ['kvm', 'tcg'] }), '-accel')).toEqual(['kvm', 'tcg']);
   });
 
+  it('attaches the runtimes map read-only, found by its serial', () => {
+    const argv = buildQemuArgv({ config: parseMachineConfig({}), kernel: 'k', initrd: 'i', maps: '/g/runtimes.squashfs', accelerators: ['tcg'], paths });
+    expect(valueAfter(argv, '-drive')).toContain('if=none,id=maps,file=/g/runtimes.squashfs,format=raw,readonly=on');
+    expect(valueAfter(argv, '-device')).toContain('virtio-blk-pci,drive=maps,serial=evolvm-maps');
+    expect(argvFor({})).not.toContain('if=none,id=maps,file=/g/runtimes.squashfs,format=raw,readonly=on');
+  });
+
   it('adds -incoming defer only for a restore', () => {
     expect(argvFor({})).not.toContain('-incoming');
     expect(valueAfter(argvFor({}, { incoming: true }), '-incoming')).toEqual(['defer']);
