@@ -101,13 +101,7 @@ export class Machine implements AsyncDisposable {
     const image = resolveGuestImage(config.kernel, config.initrd);
     const cleanup = new CleanupStack();
     try {
-      const paths = await step('run directory', () => createRunDir(config, cleanup));
-      await step('disks', () =>
-        Promise.all([
-          createScratchDisk(config.qemuBinary, paths.scratchDisk, config.scratchDiskMiB),
-          createScratchDisk(config.qemuBinary, paths.dataDisk, config.dataDiskMiB),
-        ]),
-      );
+      const paths = await prepareRunDir(config, cleanup);
       const process = spawnQemu(config, image, paths, cleanup, {});
       const lifecycle = new Lifecycle();
       const started = await step('qemu → qmp + agent hello', () =>
@@ -134,13 +128,7 @@ export class Machine implements AsyncDisposable {
     const image = resolveGuestImage(config.kernel, config.initrd);
     const cleanup = new CleanupStack();
     try {
-      const paths = await step('run directory', () => createRunDir(config, cleanup));
-      await step('disks', () =>
-        Promise.all([
-          createScratchDisk(config.qemuBinary, paths.scratchDisk, config.scratchDiskMiB),
-          createScratchDisk(config.qemuBinary, paths.dataDisk, config.dataDiskMiB, source.diskLayer),
-        ]),
-      );
+      const paths = await prepareRunDir(config, cleanup, source.diskLayer);
       const process = spawnQemu(config, image, paths, cleanup, { incoming: true, ram: { path: source.ramImage, share: false } });
       const lifecycle = new Lifecycle();
       const started = await raceExit(process, 'restore', (async () => {
@@ -316,6 +304,18 @@ export class Machine implements AsyncDisposable {
     // The process is gone; release sockets and the run directory now rather than at stop().
     void this.stop();
   }
+}
+
+/** The run directory with its two disks; the data disk is an overlay over `diskLayer` when restoring. */
+async function prepareRunDir(config: MachineConfig, cleanup: CleanupStack, diskLayer?: string): Promise<RunPaths> {
+  const paths = await step('run directory', () => createRunDir(config, cleanup));
+  await step('disks', () =>
+    Promise.all([
+      createScratchDisk(config.qemuBinary, paths.scratchDisk, config.scratchDiskMiB),
+      createScratchDisk(config.qemuBinary, paths.dataDisk, config.dataDiskMiB, diskLayer),
+    ]),
+  );
+  return paths;
 }
 
 async function createRunDir(config: MachineConfig, cleanup: CleanupStack): Promise<RunPaths> {

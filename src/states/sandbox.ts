@@ -57,7 +57,7 @@ export interface RestoreOptions {
   hostFunctions?: readonly HostFunction[];
   /**
    * `cold-boot`: when the snapshot cannot be loaded here (another QEMU version, machine type or guest image),
-   * boot and replay its recorded transitions instead. Needs `lineage` (the reference stages default to theirs).
+   * boot and replay its recorded transitions instead, using `lineage` (default: the reference lineage).
    */
   fallback?: 'cold-boot';
   /** The stage classes and transition factories a cold-boot fallback replays with. */
@@ -356,10 +356,11 @@ export class Sandbox {
     config: MachineConfigInput,
     options: RestoreOptions,
   ): Promise<S> {
-    const registry = options.lineage;
+    // The reference lineage is the default; imported here, on demand, because it imports the stage classes.
+    const registry = options.lineage ?? (await import('../transitions/reference-lineage.js')).referenceLineage;
     const [root, ...steps] = manifest.stage.lineage;
-    const rootClass = registry && root ? rootByName(registry, root.stage) : undefined;
-    if (!registry || !rootClass) throw new GuestOperationError('replay', 'NOT_REPLAYABLE', `no stage class for ${root?.stage ?? 'the root'}`, { cause: reason });
+    const rootClass = root ? rootByName(registry, root.stage) : undefined;
+    if (!rootClass) throw new GuestOperationError('replay', 'NOT_REPLAYABLE', `no stage class for ${root?.stage ?? 'the root'}`, { cause: reason });
     let stage: Stage = await Sandbox.boot(rootClass, config, options);
     try {
       for (const step of steps) stage = await stage.evolve(replayTransition(registry, step.transition ?? '', step.args) as never);

@@ -3,7 +3,9 @@ import type { ExecOptions, ExecResult, FileReadOptions, FileWriteOptions } from 
 import type { Transition } from '../transitions/transition.js';
 import type { GuestAccess } from './guest-access.js';
 import type { SnapshotInfo, SnapshotStore } from '../snapshot/store/snapshot-store.js';
-import type { LineageNode, PersistOptions, Sandbox } from './sandbox.js';
+import type { RestoreConfigInput } from '../qemu/config.js';
+// A cycle (sandbox.ts imports this module too) that is safe: each side uses the other only inside functions.
+import { Sandbox, type LineageNode, type PersistOptions, type RestoreOptions } from './sandbox.js';
 
 /** ready: the sandbox is in this stage; consumed: it was evolved or devolved; poisoned: the sandbox is gone. */
 export type StageStatus = 'ready' | 'consumed' | 'poisoned';
@@ -160,6 +162,37 @@ export abstract class Stage<Data = unknown> implements AsyncDisposable, GuestAcc
    */
   persist(store: SnapshotStore, name: string, options?: PersistOptions): Promise<SnapshotInfo> {
     return handleOf(this).sandbox.persist(this, store, name, options);
+  }
+
+  /**
+   * Starts a new sandbox in this stage from a persisted snapshot, without booting. Called on a stage class:
+   * `RuntimeLoaded.fromSnapshot(store, 'ready')` returns a `RuntimeLoaded`.
+   * @throws {SnapshotMismatchError} for a snapshot of another stage, QEMU version, machine type or guest image.
+   * @throws see {@link Sandbox.restore}.
+   */
+  static fromSnapshot<S extends Stage>(
+    this: StageClass<S>,
+    store: SnapshotStore,
+    ref: string,
+    config?: RestoreConfigInput,
+    options?: RestoreOptions,
+  ): Promise<S> {
+    return Sandbox.restore(this, store, ref, config, options);
+  }
+
+  /**
+   * Starts `count` sandboxes in this stage from one persisted snapshot, sharing its memory copy-on-write.
+   * @throws see {@link Sandbox.fork}.
+   */
+  static fork<S extends Stage>(
+    this: StageClass<S>,
+    store: SnapshotStore,
+    ref: string,
+    count: number,
+    config?: RestoreConfigInput,
+    options?: RestoreOptions,
+  ): Promise<S[]> {
+    return Sandbox.fork(this, store, ref, count, config, options);
   }
 
   /** Stops the sandbox (every stage object of it becomes poisoned with reason "closed"). Idempotent. */

@@ -1,7 +1,3 @@
-import { withReferenceLineage } from './reference-lineage-default.js';
-import type { RestoreConfigInput } from '../qemu/config.js';
-import type { SnapshotStore } from '../snapshot/store/snapshot-store.js';
-import { Sandbox, type RestoreOptions } from './sandbox.js';
 import { AgentTimeoutError, CallTimeoutError, GuestOperationError, GuestProtocolViolationError } from '../errors.js';
 import type { RuntimeKind } from '../transitions/runtime-kinds.js';
 import { RUNTIME_CODE_PATH } from '../transitions/runtime-paths.js';
@@ -37,23 +33,6 @@ export type CallValue = number | bigint | string | boolean | null | Uint8Array |
 export class UserCodeLoaded extends ChildStage<RuntimeLoaded, CodeInfo> {
   static readonly stageName = 'UserCodeLoaded';
   declare private readonly brand: 'UserCodeLoaded';
-
-  /**
-   * Starts a new sandbox in this stage from a persisted snapshot, without booting.
-   * @throws {SnapshotMismatchError} for a snapshot of another stage (or QEMU, machine type, guest image).
-   * @throws see {@link Sandbox.restore}.
-   */
-  static async fromSnapshot(store: SnapshotStore, ref: string, config?: RestoreConfigInput, options?: RestoreOptions): Promise<UserCodeLoaded> {
-    return Sandbox.restore(UserCodeLoaded, store, ref, config, await withReferenceLineage(options));
-  }
-
-  /**
-   * Starts `count` sandboxes in this stage from one persisted snapshot, sharing its memory copy-on-write.
-   * @throws see {@link Sandbox.fork}.
-   */
-  static async fork(store: SnapshotStore, ref: string, count: number, config?: RestoreConfigInput, options?: RestoreOptions): Promise<UserCodeLoaded[]> {
-    return Sandbox.fork(UserCodeLoaded, store, ref, count, config, await withReferenceLineage(options));
-  }
 
   /** The loaded code. */
   get code(): CodeInfo {

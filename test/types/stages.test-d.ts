@@ -75,3 +75,12 @@ describe('illegal uses do not compile', () => {
     defineTransition({ name: 'bad', from: KernelBooted, to: RuntimeLoaded, run: async () => 'nope' });
   });
 });
+
+describe('restoring from a snapshot returns the class it is called on', () => {
+  it('fromSnapshot and fork', () => {
+    const store = {} as import('../../src/index.js').SnapshotStore;
+    expectTypeOf(RuntimeLoaded.fromSnapshot(store, 'x')).toEqualTypeOf<Promise<RuntimeLoaded>>();
+    expectTypeOf(UserCodeLoaded.fork(store, 'x', 2)).toEqualTypeOf<Promise<UserCodeLoaded[]>>();
+    expectTypeOf(OtherChild.fromSnapshot(store, 'x')).toEqualTypeOf<Promise<OtherChild>>();
+  });
+});
