@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Builds the evolvm guest for x86_64 from Debian packages: the cloud kernel (bzImage,
-# plus the uncompressed PVH vmlinux when the kernel has the PVH entry note), and an
-# initramfs holding the static init and agent, busybox, the virtio modules and the
-# runtimes (wasm: wabt's interpreter from Debian's wabt source package; js: duktape).
+# plus the uncompressed PVH vmlinux when the kernel has the PVH entry note), an
+# initramfs holding the static init and agent, busybox and the virtio modules, and a
+# squashfs image of the runtimes (wasm: wabt's interpreter from Debian's wabt source
+# package; js: duktape) that the host attaches as a read-only virtio-blk disk.
 #
 # Usage: guest/build.sh [--force]
-# Output: guest/out/x86_64/{vmlinuz,vmlinux,initramfs.cpio,initramfs.cpio.gz,manifest.json}
+# Output: guest/out/x86_64/{vmlinuz,vmlinux,initramfs.cpio,initramfs.cpio.gz,runtimes.squashfs,manifest.json}
 # Needs (Debian bookworm, run as root): apt, dpkg, dpkg-dev, gcc, g++, make, cmake, libc6-dev,
-# libmsgpuck-dev, duktape-dev, cpio, xz-utils, zstd, lz4, binutils, gzip, coreutils.
+# libmsgpuck-dev, duktape-dev, cpio, xz-utils, zstd, lz4, squashfs-tools, binutils, gzip, coreutils.
 set -Eeuo pipefail
 
 GUEST_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,7 +27,14 @@ MANIFEST_SCHEMA=1
 MODULES=(virtio_pci virtio_mmio virtio_console virtio_blk virtio_rng squashfs overlay ext4)
 OPTIONAL_MODULES=" virtio_rng ext4 "
 # Runtimes put under /opt/evolvm/runtimes/<name>/ (each built by build_runtime_<name> below).
+# They go into runtimes.squashfs, not the initramfs: the initramfs lives in guest RAM (and so in
+# every snapshot), the squashfs stays a host file that init mounts from the virtio-blk disk
+# with serial evolvm-maps.
 RUNTIMES=(wasm js)
+# lz4 (high compression) decompresses fastest of the squashfs codecs the kernel has, which
+# counts under TCG; the image is padded to 4 KiB. Timestamps, owners and xattrs are fixed or
+# dropped, so the same runtimes give the same bytes.
+SQUASHFS_FLAGS=(-noappend -all-root -no-xattrs -mkfs-time 0 -all-time 0 -reproducible -comp lz4 -Xhc -quiet -no-progress)
 WABT_SRC_PKG=wabt
 DUKTAPE_PKG=duktape-dev
 DUKTAPE_DIR=/usr/share/duktape
@@ -35,7 +43,7 @@ WABT_CMAKE_FLAGS=(-DBUILD_TESTS=OFF -DBUILD_TOOLS=OFF -DBUILD_LIBWASM=OFF -DCMAK
 DEB_SRC_LIST=/etc/apt/sources.list.d/evolvm-deb-src.sources
 # Files hashed into the manifest's input_hash: a change to any of them rebuilds.
 SOURCES=(build.sh init/init.c agent/*.h agent/*.c runtimes/common/* runtimes/wasm/* runtimes/js/*)
-STEPS=11
+STEPS=12
 step_no=0
 
 die() { echo "guest/build.sh: error: $*" >&2; exit 1; }
@@ -69,6 +77,7 @@ need xz xz-utils
 need zstd zstd
 need lz4 lz4
 need gzip gzip
+need mksquashfs squashfs-tools
 need sha256sum coreutils
 [[ -f /usr/include/msgpuck.h ]] || die "msgpuck.h not found: apt-get install libmsgpuck-dev"
 [[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || die "static libc not found: apt-get install libc6-dev"
@@ -129,7 +138,8 @@ INPUT_HASH=$(
 	for f in "${SOURCES[@]}"; do printf '== %s\n' "$f"; cat "$f"; done
 	for pkg in "$KERNEL_PKG" "$BUSYBOX_PKG"; do printf 'deb %s %s %s\n' "$pkg" "${PKG_VER[$pkg]}" "${PKG_SHA[$pkg]}"; done
 	printf 'gcc %s\nlibc6-dev %s\nlibmsgpuck-dev %s\n' "$(gcc -dumpfullversion)" "$(pkg_version libc6-dev)" "$(pkg_version libmsgpuck-dev)"
-	printf 'g++ %s\ncmake %s\n' "$(g++ -dumpfullversion)" "$(pkg_version cmake)"
+	printf 'g++ %s\ncmake %s\nsquashfs-tools %s\n' "$(g++ -dumpfullversion)" "$(pkg_version cmake)" "$(pkg_version squashfs-tools)"
+	printf 'squashfs %s\n' "${SQUASHFS_FLAGS[*]}"
 	printf 'wabt-src %s %s\nduktape-dev %s\n' "$WABT_SRC_VER" "${WABT_SRC_SHA[$WABT_DSC]}" "$DUKTAPE_VER"
 	printf 'modules %s\nruntimes %s\n' "${MODULES[*]}" "${RUNTIMES[*]}"
 ) 
@@ -339,12 +349,8 @@ mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,etc,root,proc,sys,dev,tmp,run}
 install -m 0755 "$WORK/bin/init" "$ROOT/init"
 install -m 0755 "$WORK/bin/evolvm-agent" "$ROOT/sbin/evolvm-agent"
 install -m 0755 "$BUSYBOX" "$ROOT/bin/busybox"
-for rt in "${RUNTIMES[@]}"; do
-	mkdir -p "$ROOT/opt/evolvm/runtimes/$rt"
-	install -m 0755 "$WORK/rt/evolvm-rt-$rt" "$ROOT/opt/evolvm/runtimes/$rt/evolvm-rt-$rt"
-	printf 'name=%s\nexec=/opt/evolvm/runtimes/%s/evolvm-rt-%s\nabi=1\nversion=%s\n' "$rt" "$rt" "$rt" "${RT_VERSION[$rt]}" \
-		>"$ROOT/opt/evolvm/runtimes/$rt/runtime.conf"
-done
+# The mount point of runtimes.squashfs (init mounts it there).
+mkdir -p "$ROOT/opt/evolvm/runtimes"
 while read -r applet; do
 	[[ -n $applet && ! -e $ROOT/$applet && ! -L $ROOT/$applet ]] || continue
 	mkdir -p "$ROOT/$(dirname "$applet")"
@@ -362,6 +368,21 @@ rm -rf "${STAGE:?}"/*
 (cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) >"$STAGE/initramfs.cpio"
 gzip -9 -n -c "$STAGE/initramfs.cpio" >"$STAGE/initramfs.cpio.gz"
 echo "    initramfs.cpio $(stat -c %s "$STAGE/initramfs.cpio") bytes, .gz $(stat -c %s "$STAGE/initramfs.cpio.gz") bytes"
+
+# --- runtimes image ------------------------------------------------------------------------------
+step "assembling runtimes.squashfs"
+RTROOT=$WORK/rtroot
+rm -rf "$RTROOT"
+for rt in "${RUNTIMES[@]}"; do
+	mkdir -p "$RTROOT/$rt"
+	install -m 0755 "$WORK/rt/evolvm-rt-$rt" "$RTROOT/$rt/evolvm-rt-$rt"
+	printf 'name=%s\nexec=/opt/evolvm/runtimes/%s/evolvm-rt-%s\nabi=1\nversion=%s\n' "$rt" "$rt" "$rt" "${RT_VERSION[$rt]}" \
+		>"$RTROOT/$rt/runtime.conf"
+	chmod 0644 "$RTROOT/$rt/runtime.conf"
+done
+chmod 0755 "$RTROOT" "$RTROOT"/*
+mksquashfs "$RTROOT" "$STAGE/runtimes.squashfs" "${SQUASHFS_FLAGS[@]}" >/dev/null
+echo "    runtimes.squashfs $(stat -c %s "$STAGE/runtimes.squashfs") bytes ($(du -sb "$RTROOT" | cut -f1) bytes of runtimes)"
 
 # --- kernel -----------------------------------------------------------------------------------------
 step "extracting the kernel"
@@ -415,7 +436,7 @@ json_list() { local first=1 x; for x in "$@"; do ((first)) || printf ', '; print
 		"${RT_VERSION[wasm]}" "$WABT_SRC_PKG" "$WABT_SRC_VER" "${RT_VERSION[js]}" "$DUKTAPE_PKG" "$DUKTAPE_VER"
 	printf '  "files": {\n'
 	first=1
-	for f in vmlinuz vmlinux initramfs.cpio initramfs.cpio.gz; do
+	for f in vmlinuz vmlinux initramfs.cpio initramfs.cpio.gz runtimes.squashfs; do
 		[[ -f $STAGE/$f ]] || continue
 		((first)) || printf ',\n'
 		printf '    "%s": {"sha256": "%s", "size": %s}' "$f" "$(sha256 "$STAGE/$f")" "$(stat -c %s "$STAGE/$f")"

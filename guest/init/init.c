@@ -1,9 +1,12 @@
 /*
  * evolvm guest init (PID 1): mounts the basic filesystems, loads the kernel modules
  * listed in /lib/modules/load-order, reads the evolvm.* kernel parameters, then
- * starts the agent and stays PID 1 to reap orphans and restart the agent if it dies.
+ * mounts the runtimes image (the read-only virtio-blk disk whose serial is evolvm-maps,
+ * a squashfs) on /opt/evolvm/runtimes, then starts the agent and stays PID 1 to reap
+ * orphans and restart the agent if it dies.
  * Kernel parameters: evolvm.agent=0 (do not start the agent), evolvm.port=NAME.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -14,12 +17,19 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #define AGENT_PATH "/sbin/evolvm-agent"
 #define LOAD_ORDER "/lib/modules/load-order"
+#define MAPS_SERIAL "evolvm-maps"
+#define MAPS_MOUNT "/opt/evolvm/runtimes"
+/* How long to wait for the maps disk to show up (virtio-blk probes synchronously on module load,
+ * so it is normally there at the first look), and how often to look meanwhile. */
+#define MAPS_WAIT_MS 200
+#define MAPS_POLL_MS 5
 
 static void say(const char *fmt, ...)
 {
@@ -92,6 +102,87 @@ static void load_modules(void)
 	fclose(f);
 }
 
+static long now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000L + ts.tv_nsec / 1000;
+}
+
+/* Reads a small sysfs file into buf without its trailing newline; returns its length or -1. */
+static ssize_t read_small(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, size - 1);
+	close(fd);
+	if (n < 0)
+		return -1;
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+		n--;
+	buf[n] = 0;
+	return n;
+}
+
+/* Finds the virtio-blk disk (/sys/block/vd*) whose serial is MAPS_SERIAL; puts its name in name. */
+static int find_maps_disk(char *name, size_t size)
+{
+	DIR *d = opendir("/sys/block");
+	if (!d)
+		return -1;
+	int found = -1;
+	struct dirent *e;
+	while (found < 0 && (e = readdir(d))) {
+		if (strncmp(e->d_name, "vd", 2) != 0)
+			continue;
+		char path[300], serial[64];
+		snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
+		if (read_small(path, serial, sizeof serial) >= 0 && strcmp(serial, MAPS_SERIAL) == 0) {
+			snprintf(name, size, "%s", e->d_name);
+			found = 0;
+		}
+	}
+	closedir(d);
+	return found;
+}
+
+/* Mounts the runtimes image on MAPS_MOUNT; without it, logs and goes on (rt_start then fails with ENOENT). */
+static void mount_maps(void)
+{
+	long start = now_us();
+	char name[256], dev[300];
+	int found;
+	while ((found = find_maps_disk(name, sizeof name)) < 0 && now_us() - start < MAPS_WAIT_MS * 1000L) {
+		struct timespec ts = { 0, MAPS_POLL_MS * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+	if (found < 0) {
+		say("runtimes: no virtio-blk disk with serial %s after %d ms; %s stays empty", MAPS_SERIAL,
+		    MAPS_WAIT_MS, MAPS_MOUNT);
+		return;
+	}
+	snprintf(dev, sizeof dev, "/dev/%s", name);
+	/* devtmpfs makes the node before the disk appears in sysfs; make one if it somehow did not */
+	if (access(dev, F_OK) < 0) {
+		char path[300], majmin[32];
+		unsigned maj, min;
+		snprintf(path, sizeof path, "/sys/block/%s/dev", name);
+		if (read_small(path, majmin, sizeof majmin) < 0 || sscanf(majmin, "%u:%u", &maj, &min) != 2 ||
+		    mknod(dev, S_IFBLK | 0400, makedev(maj, min)) < 0)
+			say("runtimes: no %s and cannot make it: %m", dev);
+	}
+	mkdir("/opt", 0755);
+	mkdir("/opt/evolvm", 0755);
+	mkdir(MAPS_MOUNT, 0755);
+	if (mount(dev, MAPS_MOUNT, "squashfs", MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0) {
+		say("runtimes: mount %s (serial %s) on %s: %m", dev, MAPS_SERIAL, MAPS_MOUNT);
+		return;
+	}
+	say("runtimes: mounted %s (serial %s, squashfs) on %s in %ld us", dev, MAPS_SERIAL, MAPS_MOUNT,
+	    now_us() - start);
+}
+
 struct params {
 	int agent;
 	char port[128];
@@ -147,6 +238,7 @@ int main(void)
 	if (chdir("/") < 0)
 		say("chdir /: %m");
 	load_modules();
+	mount_maps();
 	read_cmdline(&p);
 
 	pid_t agent = p.agent ? start_agent(&p) : -1;
