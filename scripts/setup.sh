@@ -30,8 +30,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-echo "[setup] npm ci"
-npm ci --no-audit --no-fund --loglevel=error
+echo "[setup] npm install"
+# npm install, not npm ci: npm 11 writes lock files without other platforms' optional packages (esbuild's,
+# rollup's, msgpackr's native builds) and npm ci then refuses its own lock file as out of sync.
+npm install --no-audit --no-fund --loglevel=error
 
 echo "[setup] building the guest"
 bash guest/build.sh
