@@ -1,3 +1,5 @@
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { QemuNotFoundError } from '../errors.js';
@@ -19,14 +21,36 @@ export function resolveQemuImg(qemuBinary: string): string {
   }
 }
 
+// An empty qcow2 is a few hundred KiB of header and tables with nothing unique in it, so one made by qemu-img
+// is copied for every later disk of the same shape: a file write instead of a ~30 ms process spawn per disk.
+const templates = new Map<string, Promise<Buffer>>();
+
 /**
- * Creates the qcow2 scratch disk that holds in-VM snapshots (sparse: it grows with the snapshots it holds).
+ * Creates an empty qcow2 (sparse: it grows with what is written), optionally as an overlay over `backing`.
  * @throws {QemuNotFoundError} when qemu-img is missing.
  */
 export async function createScratchDisk(qemuBinary: string, path: string, sizeMiB: number, backing?: string): Promise<void> {
-  const args = ['create', '-q', '-f', 'qcow2'];
-  if (backing) args.push('-b', backing, '-F', 'qcow2');
-  args.push(path);
-  if (!backing) args.push(`${sizeMiB}M`);
-  await execa(resolveQemuImg(qemuBinary), args, { stdin: 'ignore' });
+  const key = JSON.stringify([qemuBinary, sizeMiB, backing ?? null]);
+  let template = templates.get(key);
+  if (!template) {
+    template = makeTemplate(resolveQemuImg(qemuBinary), sizeMiB, backing);
+    templates.set(key, template);
+    template.catch(() => templates.delete(key));
+  }
+  await writeFile(path, await template);
+}
+
+async function makeTemplate(qemuImg: string, sizeMiB: number, backing: string | undefined): Promise<Buffer> {
+  const dir = await mkdtemp(join(tmpdir(), 'evolvm-qcow2-'));
+  try {
+    const file = join(dir, 'template.qcow2');
+    const args = ['create', '-q', '-f', 'qcow2'];
+    if (backing) args.push('-b', backing, '-F', 'qcow2');
+    args.push(file);
+    if (!backing) args.push(`${sizeMiB}M`);
+    await execa(qemuImg, args, { stdin: 'ignore' });
+    return await readFile(file);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
