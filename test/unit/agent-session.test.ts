@@ -211,6 +211,21 @@ describe('host-function calls from the guest', () => {
     await expect(session.request('rt_req')).resolves.toMatchObject({ code: 'NO_HOST_FUNCTIONS' });
   });
 
+  it('refuses host calls beyond the in-flight bound instead of running them all', async () => {
+    const replies: Array<Record<string, unknown>> = [];
+    let started = 0;
+    const { session } = await start((p, r) => {
+      if (r.t === 'req') for (let call = 0; call < 100; call++) p.send({ t: 'hostcall', id: r.id, call, fn: 'slow', args: [] });
+      if (r.t === 'hostret') {
+        replies.push(r);
+        if (replies.length === 100) p.send({ t: 'res', id: r.id, ok: true, v: null });
+      }
+    });
+    await session.request('rt_req', {}, { onHostCall: () => { started++; return new Promise((resolve) => setTimeout(() => resolve(1), 50)); } });
+    expect(started).toBe(64);
+    expect(replies.filter((r) => (r.e as { code?: string } | undefined)?.code === 'BUSY')).toHaveLength(36);
+  });
+
   it('treats a malformed hostcall as a protocol violation', async () => {
     const { session } = await start((p, r) => p.send({ t: 'hostcall', id: r.id, call: 1, fn: 5, args: [] }));
     await expect(session.request('rt_req')).rejects.toBeInstanceOf(GuestProtocolViolationError);

@@ -58,6 +58,9 @@ interface Pending {
 
 type SessionState = 'running' | 'closed';
 
+/** Host-function calls the guest may have in flight at once; more are refused (the guest is untrusted). */
+export const MAX_HOST_CALLS_IN_FLIGHT = 64;
+
 /** The id of the hello a connecting session may ask for; session ids start above it, so it is never reused. */
 const HELLO_REQUEST_ID = 1;
 
@@ -75,6 +78,7 @@ export class AgentSession {
   readonly #socket: net.Socket;
   #decoder: FrameDecoder;
   readonly #idleWaiters = new Set<() => void>();
+  #hostCallsInFlight = 0;
   readonly #options: AgentSessionOptions;
   #failure: EvolvmError | undefined;
   readonly closed: Promise<void>;
@@ -279,7 +283,14 @@ export class AgentSession {
       reply({ ok: false, e: { code: 'NO_HOST_FUNCTIONS', msg: `no host function ${fn} is served for this request` } });
       return;
     }
-    handler(fn, args).then(
+    if (this.#hostCallsInFlight >= MAX_HOST_CALLS_IN_FLIGHT) {
+      reply({ ok: false, e: { code: 'BUSY', msg: `more than ${MAX_HOST_CALLS_IN_FLIGHT} host calls in flight` } });
+      return;
+    }
+    this.#hostCallsInFlight++;
+    handler(fn, args)
+      .finally(() => this.#hostCallsInFlight--)
+      .then(
       (value) => reply({ ok: true, v: value ?? null }),
       (error: unknown) => {
         const e = error as { guestCode?: unknown; code?: unknown; message?: unknown };
