@@ -363,7 +363,7 @@ export class Sandbox {
     if (!rootClass) throw new GuestOperationError('replay', 'NOT_REPLAYABLE', `no stage class for ${root?.stage ?? 'the root'}`, { cause: reason });
     let stage: Stage = await Sandbox.boot(rootClass, config, options);
     try {
-      for (const step of steps) stage = await stage.evolve(replayTransition(registry, step.transition ?? '', step.args) as never);
+      for (const entry of steps) stage = await stage.evolve(replayTransition(registry, entry.transition ?? '', entry.args) as never);
       if (!(stage instanceof (stageClass as unknown as new () => S))) {
         throw new SnapshotMismatchError(ref, 'stage', stage.stageName, stageClass.stageName);
       }
