@@ -42,7 +42,7 @@ DUKTAPE_DIR=/usr/share/duktape
 WABT_CMAKE_FLAGS=(-DBUILD_TESTS=OFF -DBUILD_TOOLS=OFF -DBUILD_LIBWASM=OFF -DCMAKE_BUILD_TYPE=Release)
 DEB_SRC_LIST=/etc/apt/sources.list.d/evolvm-deb-src.sources
 # Files hashed into the manifest's input_hash: a change to any of them rebuilds.
-SOURCES=(build.sh init/init.c agent/*.h agent/*.c runtimes/common/* runtimes/wasm/* runtimes/js/*)
+SOURCES=(build.sh init/init.c common/* agent/*.h agent/*.c runtimes/common/* runtimes/wasm/* runtimes/js/*)
 STEPS=12
 step_no=0
 
@@ -247,7 +247,7 @@ fi
 step "compiling init and agent (gcc -static -Os)"
 CFLAGS=(-static -Os -s -Wall -Wextra -D_GNU_SOURCE -ffunction-sections -fdata-sections -Wl,--gc-sections)
 gcc "${CFLAGS[@]}" -o "$WORK/bin/init" init/init.c
-gcc "${CFLAGS[@]}" -o "$WORK/bin/evolvm-agent" agent/*.c -lmsgpuck
+gcc "${CFLAGS[@]}" -o "$WORK/bin/evolvm-agent" agent/*.c common/mpread.c -lmsgpuck
 PROTO_VERSION=$(sed -n 's/^#define PROTO_VERSION \([0-9]*\)$/\1/p' agent/agent.h)
 AGENT_NAME=$(sed -n 's/^#define AGENT_NAME "\(.*\)"$/\1/p' agent/agent.h)
 [[ -n $PROTO_VERSION && -n $AGENT_NAME ]] || die "cannot read PROTO_VERSION/AGENT_NAME from agent/agent.h"
@@ -257,15 +257,16 @@ step "compiling the runtimes (${RUNTIMES[*]})"
 RTFLAGS=(-static -O2 -s -Wall -Wextra -D_GNU_SOURCE -ffunction-sections -fdata-sections -Wl,--gc-sections)
 mkdir -p "$WORK/rt"
 gcc "${RTFLAGS[@]}" -c -o "$WORK/rt/rtchan.o" runtimes/common/rtchan.c
+gcc "${RTFLAGS[@]}" -c -o "$WORK/rt/mpread.o" common/mpread.c
 build_runtime_wasm() {
 	g++ "${RTFLAGS[@]}" -std=c++17 -DRT_VERSION="\"${RT_VERSION[wasm]}\"" -isystem "$LIBWABT/include" \
-		-o "$WORK/rt/evolvm-rt-wasm" runtimes/wasm/rt-wasm.cc "$WORK/rt/rtchan.o" "$LIBWABT/lib/libwabt.a" -lmsgpuck
+		-o "$WORK/rt/evolvm-rt-wasm" runtimes/wasm/rt-wasm.cc "$WORK/rt/rtchan.o" "$WORK/rt/mpread.o" "$LIBWABT/lib/libwabt.a" -lmsgpuck
 }
 build_runtime_js() {
 	# duktape.c is compiled on its own: its warnings are not ours.
 	gcc -O2 -w -ffunction-sections -fdata-sections -c -o "$WORK/rt/duktape.o" "$DUKTAPE_DIR/duktape.c"
 	gcc "${RTFLAGS[@]}" -DRT_VERSION="\"${RT_VERSION[js]}\"" -I"$DUKTAPE_DIR" \
-		-o "$WORK/rt/evolvm-rt-js" runtimes/js/rt-js.c "$WORK/rt/rtchan.o" "$WORK/rt/duktape.o" -lmsgpuck -lm
+		-o "$WORK/rt/evolvm-rt-js" runtimes/js/rt-js.c "$WORK/rt/rtchan.o" "$WORK/rt/mpread.o" "$WORK/rt/duktape.o" -lmsgpuck -lm
 }
 # In parallel: duktape.c alone takes ~15 s.
 declare -A RT_PID

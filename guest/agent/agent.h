@@ -44,14 +44,8 @@ void res_err(uint64_t id, const char *code, const char *fmt, ...) __attribute__(
 void res_errno(uint64_t id, int err, const char *what, const char *path);
 void send_chunk(uint64_t id, const char *stream, const char *data, size_t len);
 
-/* msg.c: reading a validated msgpack map. */
-const char *mp_find(const char *map, const char *key);
-bool mp_is_map(const char *v);
-bool mp_get_uint(const char *v, uint64_t *out);
-bool mp_get_bool(const char *v, bool *out);
-bool mp_get_str(const char *v, const char **s, uint32_t *len);
-bool mp_get_bin(const char *v, const char **p, uint32_t *len);
-char *mp_dup_cstr(const char *v); /* NULL if not a string or it holds a NUL byte */
+/* ../common/mpread.h: reading a validated msgpack map. */
+#include "../common/mpread.h"
 
 /* pollset.c: the fds of one loop iteration and who handles each. */
 typedef void (*poll_fn)(void *ctx, int tag, short revents);

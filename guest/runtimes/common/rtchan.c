@@ -243,7 +243,7 @@ char *rt_hostcall_wait(struct mpb *b, uint64_t call, const char **err)
 			return NULL;
 		}
 		uint64_t c;
-		if (rt_str_eq(rt_find(f, "t"), "hostret") && rt_get_uint(rt_find(f, "call"), &c) && c == call)
+		if (mp_str_eq(mp_find(f, "t"), "hostret") && mp_get_uint(mp_find(f, "call"), &c) && c == call)
 			return f;
 		/* The agent sends one request at a time, so nothing else should come while a call waits. */
 		rt_log("dropping an unexpected frame while waiting for host call %llu", (unsigned long long)call);
@@ -251,65 +251,3 @@ char *rt_hostcall_wait(struct mpb *b, uint64_t call, const char **err)
 	}
 }
 
-const char *rt_find(const char *map, const char *key)
-{
-	if (!map || mp_typeof(*map) != MP_MAP)
-		return NULL;
-	const char *p = map;
-	uint32_t n = mp_decode_map(&p);
-	size_t klen = strlen(key);
-	for (uint32_t i = 0; i < n; i++) {
-		if (mp_typeof(*p) == MP_STR) {
-			uint32_t len;
-			const char *k = mp_decode_str(&p, &len);
-			if (len == klen && memcmp(k, key, len) == 0)
-				return p;
-		} else {
-			mp_next(&p);
-		}
-		mp_next(&p);
-	}
-	return NULL;
-}
-
-bool rt_get_uint(const char *v, uint64_t *out)
-{
-	if (!v)
-		return false;
-	if (mp_typeof(*v) == MP_UINT) {
-		*out = mp_decode_uint(&v);
-		return true;
-	}
-	if (mp_typeof(*v) == MP_INT) {
-		int64_t i = mp_decode_int(&v);
-		if (i < 0)
-			return false;
-		*out = (uint64_t)i;
-		return true;
-	}
-	return false;
-}
-
-bool rt_get_str(const char *v, const char **s, uint32_t *len)
-{
-	if (!v || mp_typeof(*v) != MP_STR)
-		return false;
-	*s = mp_decode_str(&v, len);
-	return true;
-}
-
-bool rt_get_bin(const char *v, const char **p, uint32_t *len)
-{
-	if (v && mp_typeof(*v) == MP_BIN) {
-		*p = mp_decode_bin(&v, len);
-		return true;
-	}
-	return rt_get_str(v, p, len);
-}
-
-bool rt_str_eq(const char *v, const char *s)
-{
-	const char *x;
-	uint32_t len;
-	return rt_get_str(v, &x, &len) && len == strlen(s) && memcmp(x, s, len) == 0;
-}

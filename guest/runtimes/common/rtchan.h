@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../../common/mpread.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -61,12 +63,7 @@ void rt_res_err(uint64_t id, const char *code, const char *fmt, ...) __attribute
 uint64_t rt_hostcall_begin(struct mpb *b, uint64_t req_id, const char *fn);
 char *rt_hostcall_wait(struct mpb *b, uint64_t call, const char **err);
 
-/* Reading a map that rt_recv validated. */
-const char *rt_find(const char *map, const char *key);
-bool rt_get_uint(const char *v, uint64_t *out);
-bool rt_get_str(const char *v, const char **s, uint32_t *len);
-bool rt_get_bin(const char *v, const char **p, uint32_t *len); /* bin, or str */
-bool rt_str_eq(const char *v, const char *s);
+/* Reading a map that rt_recv validated: ../../common/mpread.h (mp_find, mp_get_uint, ...). */
 
 void rt_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

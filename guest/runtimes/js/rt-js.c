@@ -249,19 +249,19 @@ static duk_ret_t host_fn(duk_context *c)
 		duk_push_error_object(c, DUK_ERR_ERROR, "host.%s: %s", imports[i], err);
 		goto throw_host;
 	}
-	const char *ok = rt_find(host_ret, "ok");
+	const char *ok = mp_find(host_ret, "ok");
 	if (ok && mp_typeof(*ok) == MP_BOOL && mp_decode_bool(&ok)) {
-		const char *v = rt_find(host_ret, "v");
+		const char *v = mp_find(host_ret, "v");
 		if (v)
 			push_mp(c, &v, 0);
 		else
 			duk_push_undefined(c);
 		return 1;
 	}
-	const char *e = rt_find(host_ret, "e"), *code = "HOST_ERROR", *msg = "";
+	const char *e = mp_find(host_ret, "e"), *code = "HOST_ERROR", *msg = "";
 	uint32_t code_len = 10, msg_len = 0;
-	rt_get_str(rt_find(e, "code"), &code, &code_len);
-	rt_get_str(rt_find(e, "msg"), &msg, &msg_len);
+	mp_get_str(mp_find(e, "code"), &code, &code_len);
+	mp_get_str(mp_find(e, "msg"), &msg, &msg_len);
 	duk_push_error_object(c, DUK_ERR_ERROR, "host.%s failed: %.*s: %.*s", imports[i], (int)(code_len > 64 ? 64 : code_len),
 			      code, (int)(msg_len > 2048 ? 2048 : msg_len), msg);
 throw_host:
@@ -288,7 +288,7 @@ static void make_host_object(duk_context *c, const char *list)
 		for (uint32_t i = 0; i < n && i < 0x7fff; i++, mp_next(&list)) {
 			const char *s;
 			uint32_t len;
-			if (!rt_get_str(rt_find(list, "name"), &s, &len) || memchr(s, 0, len))
+			if (!mp_get_str(mp_find(list, "name"), &s, &len) || memchr(s, 0, len))
 				continue;
 			imports[nimports] = strndup(s, len);
 			duk_push_c_function(c, host_fn, DUK_VARARGS);
@@ -351,12 +351,12 @@ static void op_load(duk_context *c, struct req *r)
 	}
 	const char *src;
 	uint32_t len;
-	if (!rt_get_bin(rt_find(r->a, "code"), &src, &len)) {
+	if (!mp_get_bin(mp_find(r->a, "code"), &src, &len)) {
 		rt_res_err(r->id, "BAD_REQUEST", "load: code must be bin or str");
 		r->replied = true;
 		return;
 	}
-	make_host_object(c, rt_find(r->a, "imports"));
+	make_host_object(c, mp_find(r->a, "imports"));
 
 	/* Remember every global (enumerable or not) so that only what the code adds is exported. */
 	duk_push_heap_stash(c);
@@ -423,9 +423,9 @@ static void op_call(duk_context *c, struct req *r)
 		r->replied = true;
 		return;
 	}
-	const char *fn, *args = rt_find(r->a, "args");
+	const char *fn, *args = mp_find(r->a, "args");
 	uint32_t fn_len, nargs = 0;
-	if (!rt_get_str(rt_find(r->a, "fn"), &fn, &fn_len)) {
+	if (!mp_get_str(mp_find(r->a, "fn"), &fn, &fn_len)) {
 		rt_res_err(r->id, "BAD_REQUEST", "call: fn must be a string");
 		r->replied = true;
 		return;
@@ -488,23 +488,23 @@ int main(void)
 	rt_init("js", RT_VERSION);
 	for (char *f; (f = rt_recv()); free(f)) {
 		struct req r = { 0 };
-		if (!rt_str_eq(rt_find(f, "t"), "req") || !rt_get_uint(rt_find(f, "id"), &r.id)) {
+		if (!mp_str_eq(mp_find(f, "t"), "req") || !mp_get_uint(mp_find(f, "id"), &r.id)) {
 			rt_log("dropping a frame that is not a request");
 			continue;
 		}
-		r.a = rt_find(f, "a");
+		r.a = mp_find(f, "a");
 		if (!r.a || mp_typeof(*r.a) == MP_NIL)
 			r.a = "\x80";
 		if (mp_typeof(*r.a) != MP_MAP) {
 			rt_res_err(r.id, "BAD_REQUEST", "a must be a map");
 			continue;
 		}
-		const char *op = rt_find(f, "op");
-		if (rt_str_eq(op, "load"))
+		const char *op = mp_find(f, "op");
+		if (mp_str_eq(op, "load"))
 			r.fn = op_load;
-		else if (rt_str_eq(op, "call"))
+		else if (mp_str_eq(op, "call"))
 			r.fn = op_call;
-		else if (rt_str_eq(op, "mem_read") || rt_str_eq(op, "mem_write")) {
+		else if (mp_str_eq(op, "mem_read") || mp_str_eq(op, "mem_write")) {
 			rt_res_err(r.id, "UNSUPPORTED", "the js runtime has no linear memory");
 			continue;
 		} else {

@@ -68,7 +68,7 @@ bool parse_type(const char *v, ValueType *out)
 {
 	const char *s;
 	uint32_t len;
-	if (!rt_get_str(v, &s, &len))
+	if (!mp_get_str(v, &s, &len))
 		return false;
 	std::string name(s, len);
 	if (name == "i32") *out = Type::I32;
@@ -188,13 +188,13 @@ Result call_host(const std::string &name, const FuncType &type, const Values &pa
 	free(b.p);
 	std::string fail;
 	bool ok = false;
-	const char *okv = ret ? rt_find(ret, "ok") : nullptr;
+	const char *okv = ret ? mp_find(ret, "ok") : nullptr;
 	if (okv && mp_typeof(*okv) == MP_BOOL)
 		ok = mp_decode_bool(&okv);
 	if (!ret) {
 		fail = std::string("host function ") + name + ": " + err;
 	} else if (ok) {
-		const char *v = rt_find(ret, "v");
+		const char *v = mp_find(ret, "v");
 		std::string why;
 		if (type.results.size() == 1) {
 			Value r;
@@ -217,12 +217,12 @@ Result call_host(const std::string &name, const FuncType &type, const Values &pa
 			}
 		}
 	} else {
-		const char *e = rt_find(ret, "e"), *s;
+		const char *e = mp_find(ret, "e"), *s;
 		uint32_t len;
 		std::string code = "HOST_ERROR", msg;
-		if (rt_get_str(rt_find(e, "code"), &s, &len))
+		if (mp_get_str(mp_find(e, "code"), &s, &len))
 			code.assign(s, len);
-		if (rt_get_str(rt_find(e, "msg"), &s, &len))
+		if (mp_get_str(mp_find(e, "msg"), &s, &len))
 			msg.assign(s, std::min<uint32_t>(len, 2048));
 		fail = "host function " + name + " failed: " + code + ": " + msg;
 	}
@@ -256,12 +256,12 @@ void op_load(uint64_t id, const char *a)
 	}
 	const char *code;
 	uint32_t code_len;
-	if (!rt_get_bin(rt_find(a, "code"), &code, &code_len)) {
+	if (!mp_get_bin(mp_find(a, "code"), &code, &code_len)) {
 		rt_res_err(id, "BAD_REQUEST", "load: code must be bin");
 		return;
 	}
 	std::vector<Offered> offered;
-	const char *imp = rt_find(a, "imports");
+	const char *imp = mp_find(a, "imports");
 	if (imp && mp_typeof(*imp) != MP_NIL) {
 		if (mp_typeof(*imp) != MP_ARRAY) {
 			rt_res_err(id, "BAD_REQUEST", "load: imports must be an array");
@@ -272,8 +272,8 @@ void op_load(uint64_t id, const char *a)
 			Offered o;
 			const char *s;
 			uint32_t len;
-			if (!rt_get_str(rt_find(imp, "name"), &s, &len) || !parse_types(rt_find(imp, "params"), &o.params) ||
-			    !parse_types(rt_find(imp, "results"), &o.results)) {
+			if (!mp_get_str(mp_find(imp, "name"), &s, &len) || !parse_types(mp_find(imp, "params"), &o.params) ||
+			    !parse_types(mp_find(imp, "results"), &o.results)) {
 				rt_res_err(id, "BAD_REQUEST", "load: imports[%u] needs a name and i32/i64/f32/f64 types", i);
 				return;
 			}
@@ -373,7 +373,7 @@ void op_call(uint64_t id, const char *a)
 		return;
 	const char *fn;
 	uint32_t fn_len;
-	if (!rt_get_str(rt_find(a, "fn"), &fn, &fn_len)) {
+	if (!mp_get_str(mp_find(a, "fn"), &fn, &fn_len)) {
 		rt_res_err(id, "BAD_REQUEST", "call: fn must be a string");
 		return;
 	}
@@ -384,7 +384,7 @@ void op_call(uint64_t id, const char *a)
 	}
 	Func::Ptr func = store.UnsafeGet<Func>(instance->exports()[pos]);
 	const FuncType &type = func->type();
-	const char *args = rt_find(a, "args");
+	const char *args = mp_find(a, "args");
 	uint32_t nargs = 0;
 	if (args && mp_typeof(*args) == MP_ARRAY)
 		nargs = mp_decode_array(&args);
@@ -438,7 +438,7 @@ Memory::Ptr exported_memory(uint64_t id)
 
 bool get_range(uint64_t id, const char *a, uint64_t len, const Memory::Ptr &mem, uint64_t *ptr)
 {
-	if (!rt_get_uint(rt_find(a, "ptr"), ptr)) {
+	if (!mp_get_uint(mp_find(a, "ptr"), ptr)) {
 		rt_res_err(id, "BAD_REQUEST", "ptr must be an unsigned integer");
 		return false;
 	}
@@ -459,7 +459,7 @@ void op_mem_read(uint64_t id, const char *a)
 	if (!mem)
 		return;
 	uint64_t len, ptr;
-	if (!rt_get_uint(rt_find(a, "len"), &len)) {
+	if (!mp_get_uint(mp_find(a, "len"), &len)) {
 		rt_res_err(id, "BAD_REQUEST", "mem_read: len must be an unsigned integer");
 		return;
 	}
@@ -486,7 +486,7 @@ void op_mem_write(uint64_t id, const char *a)
 	const char *d;
 	uint32_t len;
 	uint64_t ptr;
-	if (!rt_get_bin(rt_find(a, "d"), &d, &len)) {
+	if (!mp_get_bin(mp_find(a, "d"), &d, &len)) {
 		rt_res_err(id, "BAD_REQUEST", "mem_write: d must be bin");
 		return;
 	}
@@ -514,13 +514,13 @@ int main()
 	};
 	for (char *f; (f = rt_recv()); free(f)) {
 		uint64_t id;
-		if (!rt_str_eq(rt_find(f, "t"), "req") || !rt_get_uint(rt_find(f, "id"), &id)) {
+		if (!mp_str_eq(mp_find(f, "t"), "req") || !mp_get_uint(mp_find(f, "id"), &id)) {
 			rt_log("dropping a frame that is not a request");
 			continue;
 		}
-		const char *op, *a = rt_find(f, "a");
+		const char *op, *a = mp_find(f, "a");
 		uint32_t op_len;
-		if (!rt_get_str(rt_find(f, "op"), &op, &op_len)) {
+		if (!mp_get_str(mp_find(f, "op"), &op, &op_len)) {
 			rt_res_err(id, "BAD_REQUEST", "op must be a string");
 			continue;
 		}

@@ -1,8 +1,9 @@
-/* Reading values out of a msgpack map that mp_check() already validated. */
+/* Reading values out of a msgpack map that mp_check() already validated: shared by the agent and the runtimes,
+ * which both read frames from an untrusted peer. */
 #include <stdlib.h>
 #include <string.h>
 #include <msgpuck.h>
-#include "agent.h"
+#include "mpread.h"
 
 bool mp_is_map(const char *v) { return v && mp_typeof(*v) == MP_MAP; }
 
@@ -87,4 +88,11 @@ char *mp_dup_cstr(const char *v)
 	memcpy(out, s, len);
 	out[len] = 0;
 	return out;
+}
+
+bool mp_str_eq(const char *v, const char *s)
+{
+	const char *x;
+	uint32_t len;
+	return mp_get_str(v, &x, &len) && len == strlen(s) && memcmp(x, s, len) == 0;
 }
