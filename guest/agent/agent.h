@@ -18,6 +18,7 @@
 
 /* log.c */
 void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void *xrealloc(void *p, size_t n); /* realloc, or log and abort */
 int64_t now_ms(void);
 
 /* outq.c: the queue of encoded frames waiting for the port. */

@@ -1,6 +1,7 @@
-/* Console logging and the monotonic clock. */
+/* Console logging, the monotonic clock, and allocation that logs and aborts when memory runs out. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 #include "agent.h"
 
@@ -19,4 +20,14 @@ int64_t now_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void *xrealloc(void *p, size_t n)
+{
+	p = realloc(p, n);
+	if (!p) {
+		logmsg("out of memory (%zu bytes)", n);
+		abort();
+	}
+	return p;
 }

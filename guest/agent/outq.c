@@ -20,16 +20,6 @@ static uint64_t *ends;          /* stream offsets where queued frames end */
 static size_t ends_head, ends_tail, ends_cap;
 static uint64_t front_start;    /* stream offset where the oldest queued frame starts */
 
-static void *xrealloc(void *p, size_t n)
-{
-	p = realloc(p, n);
-	if (!p) {
-		logmsg("out of memory (%zu bytes)", n);
-		abort();
-	}
-	return p;
-}
-
 static char *reserve(size_t n)
 {
 	if (tail + n > cap) {

@@ -60,16 +60,6 @@ struct runtime {
 static struct runtime rts[RT_MAX];
 static const char *const base_env[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", NULL };
 
-static void *xrealloc(void *p, size_t n)
-{
-	p = realloc(p, n);
-	if (!p) {
-		logmsg("out of memory (%zu bytes)", n);
-		abort();
-	}
-	return p;
-}
-
 static struct runtime *find_rt(const char *name, uint32_t len)
 {
 	for (int i = 0; i < RT_MAX; i++)

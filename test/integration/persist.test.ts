@@ -64,6 +64,19 @@ async function markers(stage: Stage): Promise<{ ram: string[]; disk: string[] }>
   return { ram, disk };
 }
 
+/** A copy of snapshot `ref` in a store of its own, whose manifest says it was made by QEMU 1.0.0. */
+async function copyClaimingOldQemu(ref: string): Promise<{ store: FsSnapshotStore; id: string }> {
+  const info = await store.get(ref);
+  const copyStore = await FsSnapshotStore.open(mkdtempSync(join(tmpdir(), 'evolvm-test-store-copy-')));
+  const copy = await copyStore.create(`${ref}-old-qemu`, async (_dir, ctx) => {
+    writeFileSync(ctx.vmstatePath, readFileSync(info.paths.vmstate));
+    writeFileSync(ctx.diskPath, readFileSync(info.paths.disk));
+    const { id: _id, name: _name, createdAt: _c, files: _f, formatVersion: _v, ...draft } = info.manifest;
+    return { ...draft, parent: null, qemu: { ...draft.qemu, version: '1.0.0' } };
+  });
+  return { store: copyStore, id: copy.id };
+}
+
 function fileDigests(id: string): Record<string, string> {
   const dir = join(storeDir, id);
   return Object.fromEntries(readdirSync(dir).map((f) => [f, createHash('sha256').update(readFileSync(join(dir, f))).digest('hex')]));
@@ -173,17 +186,9 @@ describe('forks from a template', () => {
 
 describe('tampered snapshots', () => {
   it('refuses a manifest that claims another QEMU version', async () => {
-    const info = await store.get('booted');
-    const tampered = await FsSnapshotStore.open(mkdtempSync(join(tmpdir(), 'evolvm-test-store-copy-')));
+    const { store: tampered, id } = await copyClaimingOldQemu('booted');
     try {
-      // A copy of the snapshot whose manifest says it was made by QEMU 1.0.0.
-      const copy = await tampered.create('old-qemu', async (_dir, ctx) => {
-        writeFileSync(ctx.vmstatePath, readFileSync(info.paths.vmstate));
-        writeFileSync(ctx.diskPath, readFileSync(info.paths.disk));
-        const { id: _id, name: _name, createdAt: _c, files: _f, formatVersion: _v, ...draft } = info.manifest;
-        return { ...draft, parent: null, qemu: { ...draft.qemu, version: '1.0.0' } };
-      });
-      const error = await KernelBooted.fromSnapshot(tampered, copy.id, { runDir }, { hostFunctions: [echo] }).catch((e: unknown) => e);
+      const error = await KernelBooted.fromSnapshot(tampered, id, { runDir }, { hostFunctions: [echo] }).catch((e: unknown) => e);
       expect(error).toMatchObject({ code: 'SNAPSHOT_MISMATCH', what: 'qemu', expected: '1.0.0' });
     } finally {
       rmSync(tampered.root, { recursive: true, force: true });
@@ -191,21 +196,14 @@ describe('tampered snapshots', () => {
   });
 
   it('with fallback: cold-boot, replays the recorded transitions from a fresh boot and says so', async () => {
-    const info = await store.get('code');
-    const other = await FsSnapshotStore.open(mkdtempSync(join(tmpdir(), 'evolvm-test-store-copy-')));
+    const { store: other, id } = await copyClaimingOldQemu('code');
     try {
-      const copy = await other.create('from-another-qemu', async (_dir, ctx) => {
-        writeFileSync(ctx.vmstatePath, readFileSync(info.paths.vmstate));
-        writeFileSync(ctx.diskPath, readFileSync(info.paths.disk));
-        const { id: _id, name: _name, createdAt: _c, files: _f, formatVersion: _v, ...draft } = info.manifest;
-        return { ...draft, parent: null, qemu: { ...draft.qemu, version: '1.0.0' } };
-      });
       const reasons: unknown[] = [];
-      const code = await UserCodeLoaded.fromSnapshot(other, copy.id, { runDir }, { hostFunctions: [echo], fallback: 'cold-boot', onFallback: (r) => reasons.push(r) });
+      const code = await UserCodeLoaded.fromSnapshot(other, id, { runDir }, { hostFunctions: [echo], fallback: 'cold-boot', onFallback: (r) => reasons.push(r) });
       try {
         expect(reasons).toHaveLength(1);
         expect(reasons[0]).toMatchObject({ code: 'SNAPSHOT_MISMATCH', what: 'qemu' });
-        expect(sandboxOf(code).origin).toMatchObject({ kind: 'cold-boot-fallback', snapshot: copy.id });
+        expect(sandboxOf(code).origin).toMatchObject({ kind: 'cold-boot-fallback', snapshot: id });
         expect(code.lineage).toEqual(['KernelBooted', 'RuntimeLoaded', 'UserCodeLoaded']);
         // What the transitions made is back; what was done by hand after them is not (it was never recorded).
         expect(await code.call('hello', 'replay')).toBe('hello replay\n');
