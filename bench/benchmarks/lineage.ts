@@ -6,6 +6,7 @@ const evolve: Metric = { name: 'evolve', unit: 'ms' };
 const evolveClean: Metric = { name: 'evolve-clean', unit: 'ms' };
 const devolve: Metric = { name: 'devolve', unit: 'ms', target: { op: '<=', value: 60 } };
 const rawSnapshotLoad: Metric = { name: 'raw-snapshot-load', unit: 'ms' };
+const vmstateSnapshotLoad: Metric = { name: 'vmstate-snapshot-load', unit: 'ms' };
 
 /** A write here marks KernelBooted as changed since its snapshot, so the next evolve must save it again. */
 const DIRTY_PATH = '/tmp/evolvm-bench-dirty';
@@ -16,16 +17,18 @@ const DIRTY_PATH = '/tmp/evolvm-bench-dirty';
  * - `evolve`: after a write, so the evolve saves a new snapshot (and deletes the one it replaces), then loads the runtime;
  * - `evolve-clean`: right after a devolve, when the source's snapshot still holds it and the save is skipped;
  * - `devolve`: one level back, after each of the two evolves (two samples per cycle);
- * - `raw-snapshot-load`: right after each devolve. Interleaving the two keeps their ratio honest while other
- *   work on the host comes and goes.
+ * - `raw-snapshot-load`: right after each devolve, the same load (RAM image, device state, ROM ranges) driven
+ *   straight over QMP. Interleaving the two keeps their ratio honest while other work on the host comes and goes.
+ * - `vmstate-snapshot-load`: QEMU's own `snapshot-load` with RAM in the vmstate (what devolve used before), once
+ *   per cycle, for comparison.
  * A first, untimed cycle takes the first snapshot and warms TCG's code cache.
  */
 export const lineageGroup: BenchGroup = {
-  metrics: [evolve, evolveClean, devolve, rawSnapshotLoad],
+  metrics: [evolve, evolveClean, devolve, rawSnapshotLoad, vmstateSnapshotLoad],
   async run(context) {
     const { runs, runDir, signal, log } = context;
     const cycles = runs(5);
-    const samples = { evolve: [] as number[], clean: [] as number[], devolve: [] as number[], raw: [] as number[] };
+    const samples = { evolve: [] as number[], clean: [] as number[], devolve: [] as number[], raw: [] as number[], vmstate: [] as number[] };
     const transition = loadRuntime({ kind: 'shell' });
     const root = await KernelBooted.boot({ runDir }, { signal });
     try {
@@ -42,7 +45,7 @@ export const lineageGroup: BenchGroup = {
             return value;
           };
           const rawLoad = async () => {
-            const elapsed = await raw.timedLoad();
+            const elapsed = await raw.timedLoad('ram-file');
             if (!warmUp) samples.raw.push(elapsed);
           };
           await booted.writeFile(DIRTY_PATH, `cycle ${cycle}\n`, { signal });
@@ -52,9 +55,11 @@ export const lineageGroup: BenchGroup = {
           runtime = await timed(samples.clean, () => booted.evolve(transition, { signal }));
           booted = await timed(samples.devolve, () => runtime.devolve({ signal }));
           await rawLoad();
+          const vmstateLoad = await raw.timedLoad('vmstate');
+          if (!warmUp) samples.vmstate.push(vmstateLoad);
           if (!warmUp) {
             const ms = (values: number[], count = 1) => values.slice(-count).map((value) => value.toFixed(0)).join('/');
-            log(`lineage ${cycle}/${cycles}: evolve ${ms(samples.evolve)}, evolve-clean ${ms(samples.clean)}, devolve ${ms(samples.devolve, 2)}, raw load ${ms(samples.raw, 2)} ms`);
+            log(`lineage ${cycle}/${cycles}: evolve ${ms(samples.evolve)}, evolve-clean ${ms(samples.clean)}, devolve ${ms(samples.devolve, 2)}, raw load ${ms(samples.raw, 2)}, vmstate load ${ms(samples.vmstate)} ms`);
           }
         }
       } finally {
@@ -65,6 +70,7 @@ export const lineageGroup: BenchGroup = {
         resultOf(evolveClean, samples.clean),
         resultOf(devolve, samples.devolve),
         resultOf(rawSnapshotLoad, samples.raw),
+        resultOf(vmstateSnapshotLoad, samples.vmstate),
       ];
     } finally {
       // Closing any stage object of a sandbox, even a consumed one, stops its machine.

@@ -41,6 +41,7 @@ interface MachineParts {
   readonly config: MachineConfig;
   readonly image: GuestImage;
   readonly paths: RunPaths;
+  readonly ramShared: boolean;
   readonly process: QemuProcess;
   readonly qmp: QmpClient;
   readonly agent: AgentSession;
@@ -62,6 +63,8 @@ export class Machine implements AsyncDisposable {
   readonly config: MachineConfig;
   readonly image: GuestImage;
   readonly paths: RunPaths;
+  /** Whether guest RAM is the shared file `paths.ramFile` (a booted machine), rather than a private mapping of a snapshot's image. */
+  readonly ramShared: boolean;
   /** The QMP session (advanced use: snapshots, migration). */
   readonly qmp: QmpClient;
   /** The run-time lifecycle; refuses operations the current state does not allow. */
@@ -78,6 +81,7 @@ export class Machine implements AsyncDisposable {
     this.config = parts.config;
     this.image = parts.image;
     this.paths = parts.paths;
+    this.ramShared = parts.ramShared;
     this.qmp = parts.qmp;
     this.lifecycle = parts.lifecycle;
     this.#process = parts.process;
@@ -108,7 +112,7 @@ export class Machine implements AsyncDisposable {
         raceExit(process, 'boot', connectChannels(config, paths, process, cleanup, options.signal)),
       );
       lifecycle.send({ type: 'BOOTED' });
-      return new Machine({ id: randomUUID(), config, image, paths, process, lifecycle, cleanup, ...started });
+      return new Machine({ id: randomUUID(), config, image, paths, ramShared: true, process, lifecycle, cleanup, ...started });
     } catch (error) {
       await cleanup.dispose();
       throw error;
@@ -140,7 +144,7 @@ export class Machine implements AsyncDisposable {
         return { qmp, agent };
       })());
       lifecycle.send({ type: 'BOOTED' });
-      return new Machine({ id: randomUUID(), config, image, paths, process, lifecycle, cleanup, ...started });
+      return new Machine({ id: randomUUID(), config, image, paths, ramShared: false, process, lifecycle, cleanup, ...started });
     } catch (error) {
       await cleanup.dispose();
       throw error;
@@ -372,7 +376,6 @@ async function loadDeviceState(qmp: QmpClient, source: RestoreSource, timeoutMs:
   });
   await qmp.execute('migrate-incoming', { uri: `exec:tail -c +${source.deviceStateOffset + 1} ${shellQuote(source.ramImage)}` });
   await waitMigration(qmp, { timeoutMs, signal, pollMs: 5 });
-  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: false }] });
   await qmp.execute('cont');
 }
 

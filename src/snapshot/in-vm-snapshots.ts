@@ -1,63 +1,110 @@
+import { rm } from 'node:fs/promises';
 import { SnapshotError } from '../errors.js';
 import { DATA_NODE, SCRATCH_NODE } from '../qemu/argv.js';
 import type { Machine } from '../qemu/machine.js';
 import { runJob } from '../qemu/qmp/index.js';
+import { restoreRamImage, saveRamImage, type RamRange } from './ram-image.js';
+import { ramRomRanges } from './rom-ranges.js';
 
 export interface SnapshotCallOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * Where a machine's snapshots keep guest RAM. `file`: a sparse copy of the shared RAM file on tmpfs, with only
+ * device state in the qcow2 (x-ignore-shared), which is several times faster to save and load than QEMU parsing
+ * RAM page by page. `vmstate`: RAM in the qcow2 with the device state, for machines whose RAM is not a shared
+ * file (those restored from a persisted snapshot map its image privately).
+ */
+type RamMode = { readonly kind: 'file'; readonly romRanges: readonly RamRange[] } | { readonly kind: 'vmstate' };
+
 let jobCounter = 0;
 
 /**
- * In-VM snapshots of one machine, kept in its qcow2 scratch disk (`snapshot-save` / `snapshot-load` /
- * `snapshot-delete` QMP jobs). RAM and disks are saved together, so a load rolls back both.
- * Tags are the caller's; a tag is written once (QEMU fails a duplicate, HMP would silently overwrite).
+ * In-VM snapshots of one machine: device state (and, for machines without a shared RAM file, RAM) in its qcow2
+ * scratch disk through `snapshot-save` / `snapshot-load` / `snapshot-delete` QMP jobs, which also snapshot the
+ * guest's data disk; RAM as a sparse image file beside the machine's RAM file. A load rolls back RAM, devices
+ * and disk together. Tags are the caller's; a tag is written once (QEMU fails a duplicate).
  */
 export class InVmSnapshots {
   readonly #machine: Machine;
-  readonly #tags = new Set<string>();
+  // tag → its RAM image, or undefined when RAM is in the vmstate.
+  readonly #tags = new Map<string, string | undefined>();
+  // Every RAM image this object created and has not removed; all go when the machine stops.
+  readonly #images = new Set<string>();
+  #imageCount = 0;
+  #mode: Promise<RamMode> | undefined;
 
   constructor(machine: Machine) {
     this.#machine = machine;
+    machine.deferCleanup('snapshot RAM images', () => this.#removeImages());
   }
 
   /** Tags saved and not yet deleted. */
   get tags(): ReadonlySet<string> {
-    return this.#tags;
+    return new Set(this.#tags.keys());
   }
 
   /**
    * Saves RAM, device state and the guest's disk under `tag`; the guest keeps running afterwards.
-   * @throws {SnapshotError} with the QMP or QEMU-exit error as cause.
-   * @throws {OperationNotAllowedError} when the machine is not running or paused.
+   * @throws {SnapshotError} with the QMP, file system or QEMU-exit error as cause; nothing of the tag is kept.
+   * @throws {OperationNotAllowedError} when the machine is not running.
    */
   async save(tag: string, options: SnapshotCallOptions = {}): Promise<void> {
-    const { lifecycle } = this.#machine;
-    lifecycle.send({ type: 'SAVE' });
+    const machine = this.#machine;
+    machine.lifecycle.send({ type: 'SAVE' });
     try {
       // No new guest I/O starts while saving; wait for what is in flight so no frame is cut by the snapshot.
-      await this.#machine.agent.whenIdle(this.#machine.config.agentTimeoutMs);
-      await this.#job('snapshot-save', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE, DATA_NODE] }, options);
-      this.#tags.add(tag);
+      await machine.agent.whenIdle(machine.config.agentTimeoutMs);
+      const mode = await this.#ramMode(options);
+      if (mode.kind === 'vmstate') {
+        await this.#job('snapshot-save', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE, DATA_NODE] }, options);
+        this.#tags.set(tag, undefined);
+      } else {
+        const image = `${machine.paths.ramFile}.snap-${++this.#imageCount}`;
+        this.#images.add(image);
+        try {
+          await this.#paused(options, async () => {
+            await saveRamImage(machine.paths.ramFile, image, this.#ramBytes);
+            await this.#job('snapshot-save', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE, DATA_NODE] }, options);
+          });
+        } catch (error) {
+          await this.#removeImage(image);
+          throw error;
+        }
+        this.#tags.set(tag, image);
+      }
     } catch (error) {
-      throw new SnapshotError('save', tag, { cause: this.#machine.exitError ?? error });
+      throw new SnapshotError('save', tag, { cause: machine.exitError ?? error });
     } finally {
-      lifecycle.trySend({ type: 'SAVE_DONE', paused: false });
+      machine.lifecycle.trySend({ type: 'SAVE_DONE', paused: false });
     }
   }
 
   /**
    * Restores `tag`, then brings the guest's view of the world up to date: the agent session drops what was in
    * flight and reads a fresh hello, the clock is set and the RNG reseeded.
-   * @throws {SnapshotError} with the QMP, agent or QEMU-exit error as cause.
-   * @throws {OperationNotAllowedError} when the machine is not running or paused.
+   * @throws {SnapshotError} with the QMP, file system, agent or QEMU-exit error as cause.
+   * @throws {OperationNotAllowedError} when the machine is not running.
    */
   async load(tag: string, options: SnapshotCallOptions = {}): Promise<void> {
     const machine = this.#machine;
     machine.lifecycle.send({ type: 'RESTORE' });
     try {
-      await this.#job('snapshot-load', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE, DATA_NODE] }, options);
+      const image = this.#tags.get(tag);
+      if (image === undefined) {
+        await this.#job('snapshot-load', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE, DATA_NODE] }, options);
+      } else {
+        const mode = await this.#ramMode(options);
+        const romRanges = mode.kind === 'file' ? mode.romRanges : [];
+        await this.#paused(options, async () => {
+          // RAM first: loading virtio device state checks the rings in guest RAM against it.
+          await restoreRamImage(image, machine.paths.ramFile, [{ offset: 0, length: this.#ramBytes }]);
+          await this.#job('snapshot-load', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE, DATA_NODE] }, options);
+          // The load reset the machine, which rewrote the kernel's ELF segments from QEMU's copy.
+          await restoreRamImage(image, machine.paths.ramFile, romRanges);
+        });
+      }
     } catch (error) {
       machine.lifecycle.trySend({ type: 'RESTORE_DONE', paused: false });
       throw new SnapshotError('load', tag, { cause: machine.exitError ?? error });
@@ -73,17 +120,65 @@ export class InVmSnapshots {
   }
 
   /**
-   * Deletes `tag` and frees its space in the scratch disk.
+   * Deletes `tag` and frees its space in the scratch disk and on tmpfs.
    * @throws {SnapshotError}
    */
   async delete(tag: string, options: SnapshotCallOptions = {}): Promise<void> {
     this.#machine.lifecycle.assert('qmp', 'snapshot delete');
     try {
       await this.#job('snapshot-delete', tag, { devices: [SCRATCH_NODE, DATA_NODE] }, options);
+      const image = this.#tags.get(tag);
       this.#tags.delete(tag);
+      if (image !== undefined) await this.#removeImage(image);
     } catch (error) {
       throw new SnapshotError('delete', tag, { cause: this.#machine.exitError ?? error });
     }
+  }
+
+  get #ramBytes(): number {
+    return this.#machine.config.memoryMiB * 1024 * 1024;
+  }
+
+  /** Decided once per machine, on first use. */
+  #ramMode(options: SnapshotCallOptions): Promise<RamMode> {
+    this.#mode ??= this.#decideRamMode(options);
+    // A failed decision (QEMU gone, say) is not remembered.
+    this.#mode.catch(() => (this.#mode = undefined));
+    return this.#mode;
+  }
+
+  async #decideRamMode(options: SnapshotCallOptions): Promise<RamMode> {
+    const { qmp, config, ramShared } = this.#machine;
+    const bounds = { timeoutMs: config.qmpTimeoutMs, signal: options.signal };
+    if (!ramShared) return { kind: 'vmstate' };
+    const roms = await qmp.execute<string>('human-monitor-command', { 'command-line': 'info roms' }, bounds);
+    const romRanges = ramRomRanges(roms, this.#ramBytes);
+    if (!romRanges) return { kind: 'vmstate' };
+    await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] }, bounds);
+    return { kind: 'file', romRanges };
+  }
+
+  /** Runs `work` with the guest stopped, and resumes it afterwards whatever happened. */
+  async #paused(options: SnapshotCallOptions, work: () => Promise<void>): Promise<void> {
+    const { qmp, config } = this.#machine;
+    const bounds = { timeoutMs: config.qmpTimeoutMs, signal: options.signal };
+    await qmp.execute('stop', {}, bounds);
+    try {
+      await work();
+    } finally {
+      // Its own bound: the caller's signal may be what ended the work.
+      await qmp.execute('cont', {}, { timeoutMs: config.qmpTimeoutMs }).catch(() => {});
+    }
+  }
+
+  async #removeImage(image: string): Promise<void> {
+    this.#images.delete(image);
+    await rm(image, { force: true });
+  }
+
+  async #removeImages(): Promise<void> {
+    this.#tags.clear();
+    await Promise.all([...this.#images].map((image) => this.#removeImage(image)));
   }
 
   #job(command: string, tag: string, args: Record<string, unknown>, options: SnapshotCallOptions): Promise<void> {

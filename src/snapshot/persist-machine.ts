@@ -35,13 +35,9 @@ export async function persistMachineState(
     await execa('cp', ['--sparse=always', paths.ramFile, files.vmstate], { cancelSignal: options.signal });
     await qmp.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED_BANDWIDTH }, bounds);
     await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] }, bounds);
-    try {
-      await qmp.execute('migrate', { uri: `exec:cat >> ${shellQuote(files.vmstate)}` }, bounds);
-      await waitMigration(qmp, bounds);
-    } finally {
-      // In-VM snapshots must keep saving RAM: x-ignore-shared would leave the shared RAM out of them.
-      await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: false }] }, bounds);
-    }
+    // Left on: in-VM snapshots of this machine keep RAM in image files too (see InVmSnapshots).
+    await qmp.execute('migrate', { uri: `exec:cat >> ${shellQuote(files.vmstate)}` }, bounds);
+    await waitMigration(qmp, bounds);
     // The guest is stopped, and stopping flushed QEMU's caches, so the file is consistent for qemu-img.
     const args = ['convert', '-U', '-q', '-f', 'qcow2', '-O', 'qcow2'];
     if (options.parentDisk) args.push('-B', options.parentDisk, '-F', 'qcow2');

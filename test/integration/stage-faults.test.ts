@@ -1,3 +1,5 @@
+import { readdirSync } from 'node:fs';
+import { basename } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { KernelBooted, loadCode, loadRuntime, sandboxOf, StagePoisonedError, type Stage } from '../../src/index.js';
 import { expectNoLeaks, qemuProcessesUnder, testRunDir } from '../helpers/leaks.js';
@@ -16,6 +18,24 @@ function killWhenEntering(stage: Stage, state: 'saving' | 'restoring'): void {
     stop();
     process.kill(machine.pid, 'SIGKILL');
   });
+}
+
+/** SIGKILLs the sandbox's QEMU when its next `command` job starts: the RAM image is written by then. */
+function killWhenJobStarts(stage: Stage, command: 'snapshot-save' | 'snapshot-load'): void {
+  const { machine } = sandboxOf(stage);
+  const stop = machine.qmp.on('event', (event) => {
+    const id = event.data['id'];
+    if (event.event !== 'JOB_STATUS_CHANGE' || event.data['status'] !== 'created' || typeof id !== 'string' || !id.startsWith(command)) return;
+    stop();
+    expect(ramImagesOf(stage)).not.toEqual([]);
+    process.kill(machine.pid, 'SIGKILL');
+  });
+}
+
+/** The snapshot RAM images on tmpfs that belong to the stage's machine. */
+function ramImagesOf(stage: Stage): string[] {
+  const ramFile = basename(sandboxOf(stage).machine.paths.ramFile);
+  return readdirSync('/dev/shm').filter((name) => name.startsWith(`${ramFile}.snap-`));
 }
 
 async function expectPoisoned(stages: Stage[]): Promise<void> {
@@ -50,6 +70,31 @@ describe('QEMU dying under a stage operation', () => {
     await expectPoisoned([booted, runtime, code]);
     await code.close();
     expect(qemuProcessesUnder(runDir)).toEqual([]);
+  });
+
+  it('during the snapshot-save job, after the RAM image was written: typed error, the image is removed', async () => {
+    const booted = await KernelBooted.boot({ runDir });
+    await booted.writeFile('/tmp/dirty', 'so the evolve must save');
+    killWhenJobStarts(booted, 'snapshot-save');
+    const error = await booted.evolve(loadRuntime({ kind: 'shell' })).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(StagePoisonedError);
+    expect((error as StagePoisonedError).cause).toMatchObject({ code: 'SNAPSHOT_FAILED' });
+    await expectPoisoned([booted]);
+    await booted.close();
+    expect(ramImagesOf(booted)).toEqual([]);
+  });
+
+  it('during the snapshot-load job, after RAM was written back: typed error, every image is removed', async () => {
+    const booted = await KernelBooted.boot({ runDir });
+    const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
+    const code = await runtime.evolve(loadCode('f() { :; }'));
+    expect(ramImagesOf(code)).toHaveLength(2);
+    killWhenJobStarts(code, 'snapshot-load');
+    const error = await code.devolve().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(StagePoisonedError);
+    await expectPoisoned([booted, runtime, code]);
+    await code.close();
+    expect(ramImagesOf(code)).toEqual([]);
   });
 
   it('at rest: every live and stale stage object is poisoned and says why', async () => {

@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
-import { statSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
+import { basename } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   defineTransition,
@@ -141,6 +142,9 @@ describe('moving through the lineage', () => {
     }
     expect(snapshotsInScratch(root)).toHaveLength(1);
     expect(sandboxOf(root).snapshots.tags.size).toBe(1);
+    // Each snapshot's RAM is a sparse image beside the RAM file; deleted snapshots take theirs along.
+    const ramFile = basename(sandboxOf(root).machine.paths.ramFile);
+    expect(readdirSync('/dev/shm').filter((name) => name.startsWith(`${ramFile}.snap-`))).toHaveLength(1);
     // Freed snapshot clusters are reused: 19 more cycles may not add more than a little slack.
     expect(allocated()).toBeLessThan(afterFirst * 1.5);
   }, 300_000);
