@@ -70,6 +70,8 @@ export class GuestNotBuiltError extends EvolvmError {
 /** The QEMU process exited (or was killed) while evolvm still needed it. */
 export class QemuExitedError extends EvolvmError {
   readonly code = 'QEMU_EXITED' as const;
+  /** The operation QEMU died in, when there was one (`boot`, `restore`, …). */
+  readonly during: string | undefined;
   constructor(
     readonly exitCode: number | null,
     readonly signal: string | null,
@@ -81,6 +83,7 @@ export class QemuExitedError extends EvolvmError {
         (consoleTail ? `; console tail:\n${consoleTail}` : ''),
       options,
     );
+    this.during = options?.during;
   }
 }
 

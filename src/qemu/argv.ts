@@ -34,7 +34,7 @@ export interface QemuLaunch {
   readonly maps?: string;
   readonly accelerators: ReadonlyArray<'kvm' | 'tcg'>;
   readonly paths: RunPaths;
-  /** Start paused, waiting for `migrate-incoming` (restoring from a file). */
+  /** Restore: start waiting for `migrate-incoming` (the device state) instead of booting; run once it is in. */
   readonly incoming?: boolean;
   /** The host's TSC rate, for microvm's kernel command line. */
   readonly hostTscKhz?: number;
@@ -78,6 +78,7 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
     // Read-only, so it stays out of snapshots: the guest finds it by serial, not by device order.
     argv.push('-drive', `if=none,id=maps,file=${launch.maps},format=raw,readonly=on`, '-device', `virtio-blk-${bus},drive=maps,serial=${MAPS_SERIAL}`);
   }
+  // Deferred: QEMU 7.2 has no command-line switch for x-ignore-shared, which must be set before the load.
   if (launch.incoming) argv.push('-incoming', 'defer');
   return argv;
 }

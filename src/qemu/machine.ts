@@ -121,9 +121,9 @@ export class Machine implements AsyncDisposable {
 
   /**
    * Starts a machine from a persisted snapshot instead of booting: its RAM maps the snapshot's RAM image
-   * copy-on-write (the image is never written), QEMU loads the device state with `-incoming defer`, and its
-   * disk is a fresh qcow2 overlay over the snapshot's layer. Restoring is its own list of steps:
-   * run directory → scratch disk + overlay → QEMU (paused, incoming) → QMP → incoming migration → cont → agent.
+   * copy-on-write (the image is never written), QEMU loads the device state given by `-incoming` and runs, and
+   * its disk is a fresh qcow2 overlay over the snapshot's layer. Restoring is its own list of steps:
+   * run directory → scratch disk + overlay → QEMU (incoming, then running) → QMP and agent hello.
    * The caller refreshes the guest's clock, RNG and identity.
    * @throws the errors of {@link boot}, and {@link QmpCommandError} when the migration fails.
    */
@@ -135,14 +135,9 @@ export class Machine implements AsyncDisposable {
       const paths = await prepareRunDir(config, cleanup, source.diskLayer);
       const process = spawnQemu(config, image, paths, cleanup, { incoming: true, ram: { path: source.ramImage, share: false } });
       const lifecycle = new Lifecycle();
-      const started = await raceExit(process, 'restore', (async () => {
-        const qmp = await step('qmp connect', () => QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal: options.signal }));
-        cleanup.defer('qmp', () => qmp.close());
-        await step('device state', () => loadDeviceState(qmp, source, config.qmpTimeoutMs, options.signal));
-        const agent = await step('agent hello', () => connectAgent(config, paths, process, options.signal, true));
-        cleanup.defer('agent', () => agent.close());
-        return { qmp, agent };
-      })());
+      const started = await step('qemu → device state → agent hello', () =>
+        raceExit(process, 'restore', connectRestored(config, paths, process, cleanup, source, options.signal)),
+      );
       lifecycle.send({ type: 'BOOTED' });
       return new Machine({ id: randomUUID(), config, image, paths, ramShared: false, process, lifecycle, cleanup, ...started });
     } catch (error) {
@@ -364,19 +359,46 @@ export interface RestoreSource {
   readonly diskLayer: string;
 }
 
-/** Loads the device state of a paused `-incoming defer` QEMU and resumes it. */
-async function loadDeviceState(qmp: QmpClient, source: RestoreSource, timeoutMs: number, signal: AbortSignal | undefined): Promise<void> {
-  // The source saved with x-ignore-shared: RAM is not in the stream, it is the mapped image.
-  // MIGRATION events wake waitMigration as soon as the load completes, instead of at its next poll.
-  await qmp.execute('migrate-set-capabilities', {
-    capabilities: [
-      { capability: 'x-ignore-shared', state: true },
-      { capability: 'events', state: true },
-    ],
-  });
-  await qmp.execute('migrate-incoming', { uri: `exec:tail -c +${source.deviceStateOffset + 1} ${shellQuote(source.ramImage)}` });
-  await waitMigration(qmp, { timeoutMs, signal, pollMs: 5 });
-  await qmp.execute('cont');
+/**
+ * Connects to a restoring QEMU: QMP runs the device-state load and resumes the guest (the source was paused when
+ * it saved, so QEMU does not), while the agent connects and queues a hello request for the guest to answer.
+ */
+async function connectRestored(
+  config: MachineConfig,
+  paths: RunPaths,
+  process: QemuProcess,
+  cleanup: CleanupStack,
+  source: RestoreSource,
+  signal: AbortSignal | undefined,
+): Promise<{ qmp: QmpClient; agent: AgentSession }> {
+  // Stops waiting for the agent when QMP fails, rather than at the hello timeout.
+  const qmpFailed = new AbortController();
+  const agentSignal = signal ? AbortSignal.any([signal, qmpFailed.signal]) : qmpFailed.signal;
+  const agentPromise = connectAgent(config, paths, process, agentSignal, true);
+  const qmpPromise = (async () => {
+    const qmp = await QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal });
+    cleanup.defer('qmp', () => qmp.close());
+    const bounds = { timeoutMs: config.qmpTimeoutMs, signal };
+    // The source saved with x-ignore-shared: RAM is not in the stream, it is the mapped image. The capability
+    // stays on: this machine's own in-VM snapshots and persists rely on it (see InVmSnapshots).
+    await qmp.execute('migrate-set-capabilities', {
+      capabilities: [
+        { capability: 'x-ignore-shared', state: true },
+        // MIGRATION events wake waitMigration as soon as the load completes, instead of at its next poll.
+        { capability: 'events', state: true },
+      ],
+    }, bounds);
+    await qmp.execute('migrate-incoming', { uri: `exec:tail -c +${source.deviceStateOffset + 1} ${shellQuote(source.ramImage)}` }, bounds);
+    await waitMigration(qmp, { ...bounds, pollMs: 5 });
+    await qmp.execute('cont', {}, bounds);
+    return qmp;
+  })();
+  qmpPromise.catch((error: unknown) => qmpFailed.abort(error));
+  const [qmp, agent] = await Promise.allSettled([qmpPromise, agentPromise]);
+  if (agent.status === 'fulfilled') cleanup.defer('agent', () => agent.value.close());
+  if (qmp.status === 'rejected') throw qmp.reason;
+  if (agent.status === 'rejected') throw agent.reason;
+  return { qmp: qmp.value, agent: agent.value };
 }
 
 /** Quotes a path for the shell QEMU runs `exec:` migration URIs with. */
@@ -390,9 +412,11 @@ async function connectChannels(
   process: QemuProcess,
   cleanup: CleanupStack,
   signal: AbortSignal | undefined,
+  requestHello = false,
 ): Promise<{ qmp: QmpClient; agent: AgentSession }> {
   const qmpPromise = QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal });
-  const agentPromise = connectAgent(config, paths, process, signal, false);
+  // A restored guest said its hello before it was saved: ask again.
+  const agentPromise = connectAgent(config, paths, process, signal, requestHello);
   // Register each channel's cleanup as soon as it exists, even if the other one fails.
   const [qmp, agent] = await Promise.allSettled([qmpPromise, agentPromise]);
   if (qmp.status === 'fulfilled') cleanup.defer('qmp', () => qmp.value.close());
@@ -435,7 +459,9 @@ async function raceExit<T>(process: QemuProcess, during: string, work: Promise<T
   try {
     return await Promise.race([work, exited]);
   } catch (error) {
-    // Both may fail (the exit closes the sockets); the exit is the real cause.
+    // Both may fail (the exit closes the sockets, often before the exit itself is reported); the exit is the
+    // real cause, so give it a moment to arrive.
+    if (!process.exitInfo && !(error instanceof AbortedError)) await Promise.race([process.exited, delay(EXIT_ATTRIBUTION_MS)]);
     if (process.exitInfo && !(error instanceof QemuExitedError) && !(error instanceof AbortedError)) {
       const info = process.exitInfo;
       throw new QemuExitedError(info.exitCode, info.signal, process.diagnosticTail(), { during, cause: error });

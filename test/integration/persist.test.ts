@@ -216,6 +216,27 @@ describe('tampered snapshots', () => {
     }
   }, 120_000);
 
+  it('fails typed when the device state is garbage of the right size, and leaves nothing behind', async () => {
+    const info = await store.get('booted');
+    const path = info.paths.vmstate;
+    const original = readFileSync(path);
+    const offset = (info.manifest.extra as { deviceStateOffset: number }).deviceStateOffset;
+    const garbled = Buffer.from(original);
+    garbled.fill(0x5a, offset + 64, Math.min(garbled.length, offset + 4096));
+    chmodSync(path, 0o644);
+    writeFileSync(path, garbled);
+    chmodSync(path, 0o444);
+    try {
+      const error = await KernelBooted.fromSnapshot(store, 'booted', { runDir }, { hostFunctions: [echo] }).catch((e: unknown) => e);
+      expect(error).toMatchObject({ code: 'QEMU_EXITED', during: 'restore' });
+      expect((error as Error).message).toMatch(/migration|load/i);
+    } finally {
+      chmodSync(path, 0o644);
+      writeFileSync(path, original);
+      chmodSync(path, 0o444);
+    }
+  });
+
   it('refuses a truncated vmstate before starting QEMU', async () => {
     const info = await store.get('booted');
     const path = info.paths.vmstate;

@@ -346,6 +346,9 @@ async function connectWithRetry(path: string, deadline: number, signal: AbortSig
         const socket = net.createConnection(path);
         socket.once('connect', () => {
           socket.removeAllListeners('error');
+          // Until the session attaches its handlers, an error (QEMU dying: ECONNRESET) must not go unhandled;
+          // the 'close' that follows it is what the waiters see.
+          socket.on('error', () => {});
           resolve(socket);
         });
         socket.once('error', reject);
