@@ -5,6 +5,7 @@ import type { Machine } from '../qemu/machine.js';
 import { runJob } from '../qemu/qmp/index.js';
 import { restoreRamImage, saveRamImage, type RamRange } from './ram-image.js';
 import { ramRomRanges } from './rom-ranges.js';
+import { step } from '../util/trace.js';
 
 export interface SnapshotCallOptions {
   signal?: AbortSignal;
@@ -65,8 +66,10 @@ export class InVmSnapshots {
         this.#images.add(image);
         try {
           await this.#paused(options, async () => {
-            await saveRamImage(machine.paths.ramFile, image, this.#ramBytes);
-            await this.#job('snapshot-save', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE, DATA_NODE] }, options);
+            await step('save: RAM file → image', () => saveRamImage(machine.paths.ramFile, image, this.#ramBytes));
+            await step('save: snapshot-save (device state)', () =>
+              this.#job('snapshot-save', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE, DATA_NODE] }, options),
+            );
           });
         } catch (error) {
           await this.#removeImage(image);
@@ -99,10 +102,12 @@ export class InVmSnapshots {
         const romRanges = mode.kind === 'file' ? mode.romRanges : [];
         await this.#paused(options, async () => {
           // RAM first: loading virtio device state checks the rings in guest RAM against it.
-          await restoreRamImage(image, machine.paths.ramFile, [{ offset: 0, length: this.#ramBytes }]);
-          await this.#job('snapshot-load', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE, DATA_NODE] }, options);
+          await step('load: image → RAM file', () => restoreRamImage(image, machine.paths.ramFile, [{ offset: 0, length: this.#ramBytes }]));
+          await step('load: snapshot-load (device state)', () =>
+            this.#job('snapshot-load', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE, DATA_NODE] }, options),
+          );
           // The load reset the machine, which rewrote the kernel's ELF segments from QEMU's copy.
-          await restoreRamImage(image, machine.paths.ramFile, romRanges);
+          await step('load: ROM ranges', () => restoreRamImage(image, machine.paths.ramFile, romRanges));
         });
       }
     } catch (error) {
@@ -113,7 +118,7 @@ export class InVmSnapshots {
     try {
       // Pipelined: resync fails what was pending and sends hello at once; clock and RNG requests follow it.
       const hello = machine.agent.resync(`restored snapshot ${tag}`, { signal: options.signal });
-      await Promise.all([hello, machine.refreshIdentity({ signal: options.signal })]);
+      await step('load: agent resync + clock + RNG', () => Promise.all([hello, machine.refreshIdentity({ signal: options.signal })]));
     } catch (error) {
       throw new SnapshotError('load', tag, { cause: machine.exitError ?? error });
     }
@@ -162,12 +167,12 @@ export class InVmSnapshots {
   async #paused(options: SnapshotCallOptions, work: () => Promise<void>): Promise<void> {
     const { qmp, config } = this.#machine;
     const bounds = { timeoutMs: config.qmpTimeoutMs, signal: options.signal };
-    await qmp.execute('stop', {}, bounds);
+    await step('stop', () => qmp.execute('stop', {}, bounds));
     try {
       await work();
     } finally {
       // Its own bound: the caller's signal may be what ended the work.
-      await qmp.execute('cont', {}, { timeoutMs: config.qmpTimeoutMs }).catch(() => {});
+      await step('cont', () => qmp.execute('cont', {}, { timeoutMs: config.qmpTimeoutMs }).catch(() => {}));
     }
   }
 
