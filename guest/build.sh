@@ -7,8 +7,8 @@
 #
 # Usage: guest/build.sh [--force]
 # Output: guest/out/x86_64/{vmlinuz,vmlinux,initramfs.cpio,initramfs.cpio.gz,runtimes.squashfs,manifest.json}
-# Needs (Debian bookworm, run as root): apt, dpkg, dpkg-dev, gcc, g++, make, cmake, libc6-dev,
-# libmsgpuck-dev, duktape-dev, cpio, xz-utils, zstd, lz4, squashfs-tools, binutils, gzip, coreutils.
+# Needs (Debian bookworm, run as root): apt, dpkg, dpkg-dev, gcc, g++, make, cmake, libc6-dev, musl-tools,
+# linux-libc-dev, libmsgpuck-dev, duktape-dev, cpio, xz-utils, zstd, lz4, squashfs-tools, binutils, gzip, coreutils.
 set -Eeuo pipefail
 
 GUEST_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,8 +23,9 @@ CACHE=$GUEST_DIR/cache
 WORK=$GUEST_DIR/build/$ARCH
 MANIFEST_SCHEMA=1
 # Modules to load at boot (their dependencies come along). Optional ones may be
-# missing from the kernel; built-in ones are skipped.
-MODULES=(virtio_pci virtio_mmio virtio_console virtio_blk virtio_rng squashfs overlay ext4)
+# missing from the kernel; built-in ones are skipped. init deletes the .ko files once they are
+# loaded (the initramfs is guest RAM).
+MODULES=(virtio_pci virtio_mmio virtio_console virtio_blk virtio_rng squashfs ext4)
 OPTIONAL_MODULES=" virtio_rng ext4 "
 # Runtimes put under /opt/evolvm/runtimes/<name>/ (each built by build_runtime_<name> below).
 # They go into runtimes.squashfs, not the initramfs: the initramfs lives in guest RAM (and so in
@@ -43,6 +44,9 @@ WABT_CMAKE_FLAGS=(-DBUILD_TESTS=OFF -DBUILD_TOOLS=OFF -DBUILD_LIBWASM=OFF -DCMAK
 DEB_SRC_LIST=/etc/apt/sources.list.d/evolvm-deb-src.sources
 # Files hashed into the manifest's input_hash: a change to any of them rebuilds.
 SOURCES=(build.sh init/init.c common/* agent/*.h agent/*.c runtimes/common/* runtimes/wasm/* runtimes/js/*)
+# init and the agent are linked against musl: a static glibc binary is ten times the size, and both live
+# in the initramfs, that is in guest RAM.
+MUSL_GCC=musl-gcc
 STEPS=12
 step_no=0
 
@@ -67,6 +71,7 @@ need apt-cache apt
 need apt-get apt
 need dpkg-deb dpkg
 need gcc gcc
+need "$MUSL_GCC" musl-tools
 need g++ g++
 need make make
 need cmake cmake
@@ -81,6 +86,7 @@ need mksquashfs squashfs-tools
 need sha256sum coreutils
 [[ -f /usr/include/msgpuck.h ]] || die "msgpuck.h not found: apt-get install libmsgpuck-dev"
 [[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || die "static libc not found: apt-get install libc6-dev"
+[[ -f /usr/include/linux/random.h ]] || die "linux/random.h not found: apt-get install linux-libc-dev"
 [[ -f $DUKTAPE_DIR/duktape.c && -f $DUKTAPE_DIR/duktape.h ]] || die "$DUKTAPE_DIR/duktape.c not found: apt-get install $DUKTAPE_PKG"
 
 # --- resolve package versions ------------------------------------------------
@@ -138,6 +144,7 @@ INPUT_HASH=$(
 	for f in "${SOURCES[@]}"; do printf '== %s\n' "$f"; cat "$f"; done
 	for pkg in "$KERNEL_PKG" "$BUSYBOX_PKG"; do printf 'deb %s %s %s\n' "$pkg" "${PKG_VER[$pkg]}" "${PKG_SHA[$pkg]}"; done
 	printf 'gcc %s\nlibc6-dev %s\nlibmsgpuck-dev %s\n' "$(gcc -dumpfullversion)" "$(pkg_version libc6-dev)" "$(pkg_version libmsgpuck-dev)"
+	printf 'musl-dev %s\nlinux-libc-dev %s\n' "$(pkg_version musl-dev)" "$(pkg_version linux-libc-dev)"
 	printf 'g++ %s\ncmake %s\nsquashfs-tools %s\n' "$(g++ -dumpfullversion)" "$(pkg_version cmake)" "$(pkg_version squashfs-tools)"
 	printf 'squashfs %s\n' "${SQUASHFS_FLAGS[*]}"
 	printf 'wabt-src %s %s\nduktape-dev %s\n' "$WABT_SRC_VER" "${WABT_SRC_SHA[$WABT_DSC]}" "$DUKTAPE_VER"
@@ -244,10 +251,18 @@ else
 fi
 
 # --- compile -------------------------------------------------------------------------------
-step "compiling init and agent (gcc -static -Os)"
-CFLAGS=(-static -Os -s -Wall -Wextra -D_GNU_SOURCE -ffunction-sections -fdata-sections -Wl,--gc-sections)
-gcc "${CFLAGS[@]}" -o "$WORK/bin/init" init/init.c
-gcc "${CFLAGS[@]}" -o "$WORK/bin/evolvm-agent" agent/*.c common/mpread.c -lmsgpuck
+step "compiling init and agent (musl-gcc -static -Os)"
+# musl-gcc sees only musl's headers: the kernel's uapi headers and msgpuck.h (header-only with
+# common/msgpuck.c) come from a folder of links.
+MUSL_INC=$WORK/musl-include
+mkdir -p "$MUSL_INC"
+ln -sfn /usr/include/linux "$MUSL_INC/linux"
+ln -sfn /usr/include/asm-generic "$MUSL_INC/asm-generic"
+ln -sfn "/usr/include/$(gcc -print-multiarch)/asm" "$MUSL_INC/asm"
+ln -sfn /usr/include/msgpuck.h "$MUSL_INC/msgpuck.h"
+CFLAGS=(-static -Os -s -Wall -Wextra -Werror=implicit-function-declaration -D_GNU_SOURCE -ffunction-sections -fdata-sections -Wl,--gc-sections)
+"$MUSL_GCC" "${CFLAGS[@]}" -o "$WORK/bin/init" init/init.c
+"$MUSL_GCC" "${CFLAGS[@]}" -I"$MUSL_INC" -o "$WORK/bin/evolvm-agent" agent/*.c common/mpread.c common/msgpuck.c
 PROTO_VERSION=$(sed -n 's/^#define PROTO_VERSION \([0-9]*\)$/\1/p' agent/agent.h)
 AGENT_NAME=$(sed -n 's/^#define AGENT_NAME "\(.*\)"$/\1/p' agent/agent.h)
 [[ -n $PROTO_VERSION && -n $AGENT_NAME ]] || die "cannot read PROTO_VERSION/AGENT_NAME from agent/agent.h"

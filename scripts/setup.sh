@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils          # the VMM and qemu-img
   busybox-static                      # the guest's userland (downloaded as a .deb by the guest build)
-  gcc libc6-dev make libmsgpuck-dev   # the guest's static init and agent
-  g++ cmake make dpkg-dev duktape-dev squashfs-tools # the guest's runtimes: wabt (built from its Debian source) and duktape
+  gcc musl-tools linux-libc-dev make libmsgpuck-dev # the guest's static init and agent (linked against musl)
+  g++ cmake make libc6-dev dpkg-dev duktape-dev squashfs-tools # the guest's runtimes (glibc): wabt (built from its Debian source) and duktape
   binutils cpio xz-utils zstd lz4 gzip dpkg apt ca-certificates
 )
 

@@ -45,6 +45,9 @@ void res_err(uint64_t id, const char *code, const char *fmt, ...) __attribute__(
 void res_errno(uint64_t id, int err, const char *what, const char *path);
 void send_chunk(uint64_t id, const char *stream, const char *data, size_t len);
 
+/* errname.c: "ENOENT" for ENOENT; NULL for a number without a name. */
+const char *errno_name(int err);
+
 /* ../common/mpread.h: reading a validated msgpack map. */
 #include "../common/mpread.h"
 

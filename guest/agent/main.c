@@ -13,6 +13,9 @@
 
 /* A host that is not connected is checked for again this often. */
 #define RECONNECT_POLL_MS 20
+/* virtio_console hands a read at most one of its receive buffers, which are a page each: a shorter read
+ * drained the port for now. */
+#define PORT_BUF 4096
 
 static int port = -1;
 static bool connected;
@@ -143,6 +146,13 @@ static void on_port(void *ctx, int tag, short rev)
 			if (r > 0) {
 				ib_len += (size_t)r;
 				process_input();
+				/* Replies made while handling it go out now rather than after the next poll(). */
+				if (oq_pending() > 0 && oq_flush(port) < 0) {
+					disconnect("write error");
+					return;
+				}
+				if (r < PORT_BUF)
+					break;
 				continue;
 			}
 			if (r == 0) {

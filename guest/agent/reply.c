@@ -45,7 +45,7 @@ void res_err(uint64_t id, const char *code, const char *fmt, ...)
 
 void res_errno(uint64_t id, int err, const char *what, const char *path)
 {
-	const char *name = strerrorname_np(err);
+	const char *name = errno_name(err);
 	char code[32];
 	if (!name) {
 		snprintf(code, sizeof code, "E%d", err);

@@ -139,6 +139,30 @@ static size_t relayed_size(const char *map, size_t n, uint64_t id, const char **
 	return n - (size_t)(*id_end - *id_at) + mp_sizeof_uint(id);
 }
 
+/* Writes what the runtime's stdin takes now; the rest waits for POLLOUT. */
+static void write_rt(struct runtime *rt)
+{
+	if (rt->in_fd < 0 || rt->broken)
+		return;
+	while (rt->ob_head < rt->ob_len) {
+		ssize_t w = write(rt->in_fd, rt->ob + rt->ob_head, rt->ob_len - rt->ob_head);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				stop_rt(rt, "cannot be written to");
+			return;
+		}
+		rt->ob_head += (size_t)w;
+	}
+	rt->ob_head = rt->ob_len = 0;
+}
+
+static bool idle(const struct runtime *rt)
+{
+	return rt->ready && !rt->busy && !rt->broken && !rt->reaped && !rt->q_head;
+}
+
 /* Starts the next queued request when the runtime is ready and idle. */
 static void pump(struct runtime *rt)
 {
@@ -154,6 +178,7 @@ static void pump(struct runtime *rt)
 	rt->cur_local_id = q->local_id;
 	free(q->frame);
 	free(q);
+	write_rt(rt);
 }
 
 /* --- frames from the runtime ------------------------------------------------------------------ */
@@ -231,6 +256,7 @@ static void hostret_to_runtime(struct runtime *rt, uint64_t call, const char *co
 	p = mp_encode_str(p, "msg", 3); p = mp_encode_str(p, msg, (uint32_t)strlen(msg));
 	put_be32(buf, (uint32_t)(p - buf - 4));
 	ob_put(rt, buf, (size_t)(p - buf));
+	write_rt(rt);
 }
 
 static void on_hostcall(struct runtime *rt, const char *map, uint32_t n)
@@ -328,15 +354,21 @@ static int read_rt(struct runtime *rt)
 	return 0;
 }
 
+static void read_stdout(struct runtime *rt)
+{
+	if (read_rt(rt) < 0) {
+		/* usually it is exiting: wait for the reap to tell why */
+		rt->eof = true;
+		rt->deadline = now_ms() + RT_EOF_GRACE_MS;
+	}
+}
+
 static void on_rt_fd(void *ctx, int tag, short rev)
 {
 	struct runtime *rt = ctx;
 	if (tag == 0) { /* stdout */
-		if (rt->out_fd >= 0 && read_rt(rt) < 0) {
-			/* usually it is exiting: wait for the reap to tell why */
-			rt->eof = true;
-			rt->deadline = now_ms() + RT_EOF_GRACE_MS;
-		}
+		if (rt->out_fd >= 0)
+			read_stdout(rt);
 		return;
 	}
 	if (rt->in_fd < 0)
@@ -345,18 +377,17 @@ static void on_rt_fd(void *ctx, int tag, short rev)
 		stop_rt(rt, "closed its stdin");
 		return;
 	}
-	while (rt->ob_head < rt->ob_len) {
-		ssize_t w = write(rt->in_fd, rt->ob + rt->ob_head, rt->ob_len - rt->ob_head);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno != EAGAIN)
-				stop_rt(rt, "cannot be written to");
-			return;
-		}
-		rt->ob_head += (size_t)w;
-	}
-	rt->ob_head = rt->ob_len = 0;
+	write_rt(rt);
+}
+
+/* Sends what is in ob now and reads the reply at once if there is one. Writing to the runtime wakes it, and it
+ * usually runs until it has answered before the agent runs again; reading now saves a poll() round (each
+ * costs a lot under TCG). Not while the host queue is backpressured (the reply would add to it). */
+static void write_then_read(struct runtime *rt)
+{
+	write_rt(rt);
+	if (rt->ob_len == 0 && !rt->broken && !rt->eof && rt->out_fd >= 0 && !oq_full())
+		read_stdout(rt);
 }
 
 /* --- operations ------------------------------------------------------------------------------- */
@@ -505,13 +536,22 @@ void op_rt_req(uint64_t id, const char *args)
 		res_err(id, "TOO_LARGE", "rt_req: the request does not fit in a frame");
 		return;
 	}
-	struct rtreq *q = calloc(1, sizeof *q);
-	char *f = malloc(4 + size);
-	if (!q || !f) {
-		free(q);
-		free(f);
-		res_err(id, "INTERNAL", "rt_req: out of memory");
-		return;
+	/* An idle runtime gets the frame at once, encoded straight into its output buffer; a busy (or starting)
+	 * one gets it queued. */
+	bool now = idle(rt);
+	struct rtreq *q = NULL;
+	char *f;
+	if (now) {
+		f = ob_reserve(rt, 4 + size);
+	} else {
+		q = calloc(1, sizeof *q);
+		f = malloc(4 + size);
+		if (!q || !f) {
+			free(q);
+			free(f);
+			res_err(id, "INTERNAL", "rt_req: out of memory");
+			return;
+		}
 	}
 	char *p = f + 4;
 	p = mp_encode_map(p, 4);
@@ -521,6 +561,14 @@ void op_rt_req(uint64_t id, const char *args)
 	p = mp_encode_str(p, "a", 1);
 	memcpy(p, a, alen);
 	put_be32(f, (uint32_t)size);
+	if (now) {
+		rt->ob_len += 4 + size;
+		rt->busy = true;
+		rt->cur_host_id = id;
+		rt->cur_local_id = local;
+		write_then_read(rt);
+		return;
+	}
 	q->host_id = id;
 	q->local_id = local;
 	q->frame = f;
@@ -557,6 +605,7 @@ void rt_hostret(const char *map, uint32_t n)
 		p = mp_encode_uint(p + (id_at - map), rt->cur_local_id);
 		memcpy(p, id_end, (size_t)(map + n - id_end));
 		rt->ob_len += 4 + size;
+		write_then_read(rt);
 		return;
 	}
 	logmsg("dropping a hostret for request %llu, which no runtime is serving", (unsigned long long)id);

@@ -1,6 +1,7 @@
 /*
  * evolvm guest init (PID 1): mounts the basic filesystems, loads the kernel modules
- * listed in /lib/modules/load-order, reads the evolvm.* kernel parameters, then
+ * listed in /lib/modules/load-order and deletes /lib/modules (rootfs is guest RAM),
+ * reads the evolvm.* kernel parameters, then
  * mounts the runtimes image (the read-only virtio-blk disk whose serial is evolvm-maps,
  * a squashfs) on /opt/evolvm/runtimes, then starts the agent and stays PID 1 to reap
  * orphans and restart the agent if it dies.
@@ -9,6 +10,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,7 +25,8 @@
 #include <unistd.h>
 
 #define AGENT_PATH "/sbin/evolvm-agent"
-#define LOAD_ORDER "/lib/modules/load-order"
+#define MODULES_DIR "/lib/modules"
+#define LOAD_ORDER MODULES_DIR "/load-order"
 #define MAPS_SERIAL "evolvm-maps"
 #define MAPS_MOUNT "/opt/evolvm/runtimes"
 /* How long to wait for the maps disk to show up (virtio-blk probes synchronously on module load,
@@ -100,6 +103,24 @@ static void load_modules(void)
 		close(fd);
 	}
 	fclose(f);
+}
+
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+	(void)st;
+	(void)type;
+	(void)ftw;
+	if (remove(path) < 0)
+		say("remove %s: %m", path);
+	return 0;
+}
+
+/* Loaded modules need their files no more; rootfs lives in guest RAM, and the kernel zeroes the pages
+ * it frees (init_on_free=1), so snapshots no longer carry them. */
+static void remove_modules(void)
+{
+	if (nftw(MODULES_DIR, remove_entry, 8, FTW_DEPTH | FTW_PHYS) < 0)
+		say("removing %s: %m", MODULES_DIR);
 }
 
 static long now_us(void)
@@ -238,6 +259,7 @@ int main(void)
 	if (chdir("/") < 0)
 		say("chdir /: %m");
 	load_modules();
+	remove_modules();
 	mount_maps();
 	read_cmdline(&p);
 

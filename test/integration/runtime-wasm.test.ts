@@ -26,6 +26,7 @@ const double = defineHostFunction({
   wasm: { params: ['i32'], results: ['i32'] },
   impl: (x) => {
     hostCalls.push(x);
+    if (x === 666) throw new Error('the host refuses 666');
     return x * 2;
   },
 });
@@ -103,6 +104,26 @@ describe('the WebAssembly runtime', () => {
     await withModule('hostcall', async (code) => {
       expect(await code.call('quadruple', 5)).toBe(20);
       expect(hostCalls).toEqual([5, 10]);
+    });
+  });
+
+  it('answers calls sent at once in order, host calls included (the agent queues them per runtime)', async () => {
+    await withModule('arith', async (code) => {
+      const sums = await Promise.all(Array.from({ length: 20 }, (_, i) => code.call('add', i, 1000)));
+      expect(sums).toEqual(Array.from({ length: 20 }, (_, i) => i + 1000));
+    });
+    hostCalls.length = 0;
+    await withModule('hostcall', async (code) => {
+      const results = await Promise.all(Array.from({ length: 8 }, (_, i) => code.call('quadruple', i)));
+      expect(results).toEqual(Array.from({ length: 8 }, (_, i) => 4 * i));
+      expect(hostCalls).toHaveLength(16);
+    });
+  });
+
+  it('fails a call whose host function fails, and the next call works', async () => {
+    await withModule('hostcall', async (code) => {
+      await expect(code.call('quadruple', 333)).rejects.toMatchObject({ guestCode: 'HOST_ERROR' });
+      expect(await code.call('quadruple', 5)).toBe(20);
     });
   });
 

@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   AbortedError,
@@ -92,6 +93,18 @@ describe('AgentSession', () => {
     const pending = session.request('ping', {}, { signal: controller.signal });
     controller.abort();
     await expect(pending).rejects.toBeInstanceOf(AbortedError);
+  });
+
+  it('removes its abort listener and timer once a request is answered', async () => {
+    const { session } = await start((p, r) => p.reply(r));
+    const controller = new AbortController();
+    await session.request('ping', {}, { signal: controller.signal, timeoutMs: 50 });
+    expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0);
+    controller.abort();
+    // past the timeout: a timer left behind would have nothing to settle, but must not break the session
+    await new Promise((resolve) => setTimeout(resolve, 80));
+    expect(session.state).toBe('running');
+    expect(session.pendingCount).toBe(0);
   });
 
   it('fails pending requests and closes on an oversized frame, and the host stays healthy', async () => {

@@ -81,6 +81,22 @@ describe('FrameDecoder', () => {
     }
   });
 
+  it('decodes a stream cut into two chunks at every offset (whole frames in place, the rest buffered)', () => {
+    const messages = fixtures[1]!.messages;
+    const bytes = stream(messages);
+    for (let cut = 0; cut <= bytes.length; cut++) {
+      const decoder = new FrameDecoder();
+      const out = [...decoder.push(bytes.subarray(0, cut)), ...decoder.push(bytes.subarray(cut))];
+      expect(digestBinaries(out)).toEqual(digestBinaries(messages));
+      expect(decoder.buffered).toBe(0);
+    }
+  });
+
+  it('refuses an oversized length that follows a whole frame in the same chunk', () => {
+    const bytes = Buffer.concat([stream([{ t: 'res', id: 1, ok: true, v: 1 }]), Buffer.from([0, 0, 4, 1])]);
+    expect(() => new FrameDecoder(1024).push(bytes)).toThrow(/outside 1\.\.1024/);
+  });
+
   it('holds a partial frame until it completes', () => {
     const bytes = stream([{ t: 'res', id: 5, ok: true, v: 'x' }]);
     const decoder = new FrameDecoder();

@@ -113,19 +113,36 @@ int rt_send(struct mpb *b)
 	return 0;
 }
 
-/* Reads exactly n bytes; false at EOF before the first byte, exits on EOF inside. */
-static bool read_all(char *p, size_t n, bool eof_ok)
+/* Bytes read from the agent and not yet taken: in[in_off..in_len). Reads take what is there (up to the
+ * buffer's room), so a frame usually costs one read() rather than one for its length and one for its body. */
+static char *in;
+static size_t in_off, in_len, in_cap;
+#define IN_MIN (64u << 10)
+
+/* Has at least n bytes buffered (n <= 4 + RT_MAX_FRAME); false at EOF before any byte of a frame, exits on
+ * EOF inside one. */
+static bool buffer(size_t n)
 {
-	size_t got = 0;
-	while (got < n) {
-		ssize_t r = read(chan_in, p + got, n - got);
+	if (in_len - in_off >= n)
+		return true;
+	if (in_off > 0) {
+		memmove(in, in + in_off, in_len - in_off);
+		in_len -= in_off;
+		in_off = 0;
+	}
+	if (in_cap < n || in_cap < IN_MIN) {
+		in_cap = n > IN_MIN ? n : IN_MIN;
+		in = xrealloc(in, in_cap);
+	}
+	while (in_len < n) {
+		ssize_t r = read(chan_in, in + in_len, in_cap - in_len);
 		if (r > 0) {
-			got += (size_t)r;
+			in_len += (size_t)r;
 			continue;
 		}
 		if (r < 0 && errno == EINTR)
 			continue;
-		if (r == 0 && got == 0 && eof_ok)
+		if (r == 0 && in_len == 0)
 			return false;
 		rt_log("reading from the agent: %s; exiting", r == 0 ? "EOF inside a frame" : strerror(errno));
 		_exit(1);
@@ -135,16 +152,24 @@ static bool read_all(char *p, size_t n, bool eof_ok)
 
 char *rt_recv(void)
 {
-	unsigned char h[4];
-	if (!read_all((char *)h, 4, true))
+	if (!buffer(4))
 		return NULL;
+	const unsigned char *h = (const unsigned char *)in + in_off;
 	uint32_t n = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
 	if (n == 0 || n > RT_MAX_FRAME) {
 		rt_log("bad frame length %u from the agent; exiting", n);
 		_exit(1);
 	}
+	buffer(4 + (size_t)n);
 	char *f = xrealloc(NULL, n);
-	read_all(f, n, false);
+	memcpy(f, in + in_off + 4, n);
+	in_off += 4 + (size_t)n;
+	/* a large frame's buffer is not kept */
+	if (in_off == in_len && in_cap > IN_MIN) {
+		free(in);
+		in = NULL;
+		in_off = in_len = in_cap = 0;
+	}
 	const char *q = f;
 	if (mp_check(&q, f + n) != 0 || q != f + n || mp_typeof(*f) != MP_MAP) {
 		rt_log("a frame from the agent is not one msgpack map; exiting");

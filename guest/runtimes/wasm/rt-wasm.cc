@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,9 @@ Features features;
 Store store(features);
 Module::Ptr module_;
 Instance::Ptr instance;
+// The interpreter thread calls run on: kept across calls (its stacks are empty after a call that returned),
+// and dropped after a call that failed, which may leave frames on it.
+std::unique_ptr<Thread> thread;
 bool loaded;
 struct mpb out;
 
@@ -410,7 +414,10 @@ void op_call(uint64_t id, const char *a)
 	Trap::Ptr trap;
 	current_id = id;
 	host_failed = false;
-	if (Failed(func->Call(store, params, results, &trap))) {
+	if (!thread)
+		thread = std::make_unique<Thread>(store);
+	if (Failed(func->Call(*thread, params, results, &trap))) {
+		thread.reset();
 		if (host_failed)
 			rt_res_err(id, "HOST_ERROR", "%s", host_error.c_str());
 		else

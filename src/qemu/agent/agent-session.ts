@@ -53,7 +53,10 @@ interface Pending {
   reject: (error: Error) => void;
   onChunk: RequestOptions['onChunk'];
   onHostCall: RequestOptions['onHostCall'];
-  cleanup: () => void;
+  timer: NodeJS.Timeout;
+  /** The caller's signal and the listener on it, when there is one. */
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
 }
 
 type SessionState = 'running' | 'closed';
@@ -160,24 +163,23 @@ export class AgentSession {
       return Promise.reject(new GuestOperationError(op, 'TOO_LARGE', (error as Error).message, { cause: error }));
     }
     const timeoutMs = options.timeoutMs ?? this.#options.requestTimeoutMs;
+    const { signal } = options;
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => this.#settle(id, new AgentTimeoutError(op, timeoutMs)), timeoutMs);
-      const onAbort = () => this.#settle(id, new AbortedError(op, { cause: options.signal?.reason }));
-      options.signal?.addEventListener('abort', onAbort, { once: true });
-      this.#pending.set(id, {
-        op,
-        resolve,
-        reject,
-        onChunk: options.onChunk,
-        onHostCall: options.onHostCall,
-        cleanup: () => {
-          clearTimeout(timer);
-          options.signal?.removeEventListener('abort', onAbort);
-        },
-      });
+      // The hot path (a call) allocates no closures but the promise's: the timer gets its arguments.
+      const timer = setTimeout(this.#onTimeout, timeoutMs, id, op, timeoutMs);
+      let onAbort: (() => void) | undefined;
+      if (signal) {
+        onAbort = () => this.#settle(id, new AbortedError(op, { cause: signal.reason }));
+        signal.addEventListener('abort', onAbort, { once: true });
+      }
+      this.#pending.set(id, { op, resolve, reject, onChunk: options.onChunk, onHostCall: options.onHostCall, timer, signal, onAbort });
       this.#socket.write(frame);
     });
   }
+
+  readonly #onTimeout = (id: number, op: string, timeoutMs: number): void => {
+    this.#settle(id, new AgentTimeoutError(op, timeoutMs));
+  };
 
   /**
    * Called after the VM's memory was restored from a snapshot: fails every pending request (their replies
@@ -304,7 +306,8 @@ export class AgentSession {
     const pending = this.#pending.get(id);
     if (!pending) return;
     this.#pending.delete(id);
-    pending.cleanup();
+    clearTimeout(pending.timer);
+    if (pending.onAbort) pending.signal!.removeEventListener('abort', pending.onAbort);
     if (this.#pending.size === 0) for (const waiter of [...this.#idleWaiters]) waiter();
     if (error) pending.reject(error);
     else pending.resolve(value);

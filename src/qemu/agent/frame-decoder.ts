@@ -12,7 +12,8 @@ const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, structured
 /**
  * Turns the agent byte stream into decoded frames: a 4-byte big-endian length, then one msgpack map.
  * It holds no socket; push bytes in and take messages out. Memory is bounded by `maxFrameBytes`, because the
- * body buffer is allocated only after the length was checked.
+ * body buffer is allocated only after the length was checked. A frame that lies whole in one pushed chunk is
+ * decoded in place, so its binaries may be views of that chunk: do not reuse a chunk's memory after pushing it.
  */
 export class FrameDecoder {
   readonly #maxFrameBytes: number;
@@ -34,6 +35,17 @@ export class FrameDecoder {
     const messages: Record<string, unknown>[] = [];
     let offset = 0;
     while (offset < chunk.length) {
+      // The common case (a whole frame in the chunk, between frames): no copy.
+      if (this.#body === undefined && this.#headerFill === 0 && chunk.length - offset >= HEADER_BYTES) {
+        const length = ((chunk[offset]! << 24) | (chunk[offset + 1]! << 16) | (chunk[offset + 2]! << 8) | chunk[offset + 3]!) >>> 0;
+        this.#checkLength(length);
+        if (chunk.length - offset - HEADER_BYTES >= length) {
+          offset += HEADER_BYTES;
+          messages.push(decodeBody(chunk.subarray(offset, offset + length)));
+          offset += length;
+          continue;
+        }
+      }
       if (this.#body === undefined) {
         const take = Math.min(HEADER_BYTES - this.#headerFill, chunk.length - offset);
         this.#header.set(chunk.subarray(offset, offset + take), this.#headerFill);
@@ -41,9 +53,7 @@ export class FrameDecoder {
         offset += take;
         if (this.#headerFill < HEADER_BYTES) break;
         const length = this.#header.readUInt32BE(0);
-        if (length === 0 || length > this.#maxFrameBytes) {
-          throw new GuestProtocolViolationError(`frame length ${length} outside 1..${this.#maxFrameBytes}`);
-        }
+        this.#checkLength(length);
         this.#body = Buffer.allocUnsafe(length);
         this.#bodyFill = 0;
         this.#headerFill = 0;
@@ -62,13 +72,19 @@ export class FrameDecoder {
     return messages;
   }
 
+  #checkLength(length: number): void {
+    if (length === 0 || length > this.#maxFrameBytes) {
+      throw new GuestProtocolViolationError(`frame length ${length} outside 1..${this.#maxFrameBytes}`);
+    }
+  }
+
   /** Bytes held for an incomplete frame (0 between frames). */
   get buffered(): number {
     return this.#body === undefined ? this.#headerFill : HEADER_BYTES + this.#bodyFill;
   }
 }
 
-function decodeBody(body: Buffer): Record<string, unknown> {
+function decodeBody(body: Uint8Array): Record<string, unknown> {
   let value: unknown;
   try {
     value = unpackr.unpack(body);
