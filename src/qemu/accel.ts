@@ -26,10 +26,22 @@ export function resolveAccelerators(accel: MachineConfig['accel'], kvmAvailable:
   }
 }
 
-/** The host CPU's rate in kHz from /proc/cpuinfo (an estimate of the TSC rate), or undefined. */
+let tscKhz: { value: number | undefined } | undefined;
+
+/** The host's TSC rate in kHz from /proc/cpuinfo, or undefined; read once per process. */
 export function hostTscKhz(): number | undefined {
+  tscKhz ??= { value: readTscKhz() };
+  return tscKhz.value;
+}
+
+function readTscKhz(): number | undefined {
   try {
-    const mhz = /^cpu MHz\s*:\s*([\d.]+)/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1];
+    const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
+    // BogoMIPS comes from the kernel's TSC calibration (twice the rate in MHz); "cpu MHz" may be the current
+    // frequency of a scaled core instead, so it is only the fallback.
+    const bogomips = /^bogomips\s*:\s*([\d.]+)/m.exec(cpuinfo)?.[1];
+    if (bogomips && Number(bogomips) > 0) return Math.round(Number(bogomips) * 500);
+    const mhz = /^cpu MHz\s*:\s*([\d.]+)/m.exec(cpuinfo)?.[1];
     return mhz ? Math.round(Number(mhz) * 1000) : undefined;
   } catch {
     return undefined;

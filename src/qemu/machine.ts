@@ -339,7 +339,7 @@ function spawnQemu(
     maps: image.maps,
     accelerators: resolveAccelerators(config.accel, kvmUsable()),
     paths,
-    hostTscKhz: config.machine === 'microvm' ? hostTscKhz() : undefined,
+    hostTscKhz: hostTscKhz(),
     ...restore,
   });
   // QEMU creates the shared RAM file; a restored machine maps the snapshot's image instead and creates none.

@@ -56,9 +56,10 @@ describe('buildQemuArgv', () => {
     const argv = argvFor({});
     expect(valueAfter(argv, '-drive').find((d) => d.includes(DATA_NODE))).toContain(`file=${paths.dataDisk}`);
     expect(valueAfter(argv, '-machine')[0]).toBe('q35,memory-backend=ram0');
-    expect(valueAfter(argv, '-object')).toEqual([`memory-backend-file,id=ram0,size=128M,mem-path=${paths.ramFile},share=on`]);
+    expect(valueAfter(argv, '-object')).toEqual([`memory-backend-file,id=ram0,size=128M,mem-path=${paths.ramFile},share=on,prealloc=on`]);
     const restored = buildQemuArgv({ config: parseMachineConfig({}), kernel: 'k', initrd: 'i', accelerators: ['tcg'], paths, incoming: true, ram: { path: '/store/x/vmstate', share: false } });
     expect(valueAfter(restored, '-object')[0]).toContain('mem-path=/store/x/vmstate,share=off');
+    expect(valueAfter(restored, '-object')[0]).not.toContain('prealloc');
   });
 
   it('appends the extra cmdline after the base one', () => {
@@ -76,6 +77,30 @@ describe('buildQemuArgv', () => {
   it('tells a microvm kernel the host TSC rate', () => {
     const argv = buildQemuArgv({ config: parseMachineConfig({ machine: 'microvm' }), kernel: 'k', initrd: 'i', accelerators: ['tcg'], paths, hostTscKhz: 2_096_042 });
     expect(valueAfter(argv, '-append')[0]).toContain('tsc_early_khz=2096042');
+  });
+
+  it('skips initcalls and LSMs a sandbox guest does not need', () => {
+    const append = valueAfter(argvFor({}), '-append')[0]!;
+    expect(append).toMatch(/ initcall_blacklist=[a-z0-9_,]*\bcrypto_kdf108_init\b/);
+    expect(append).toContain(' lsm=capability');
+    expect(append).toContain(' nowatchdog');
+  });
+
+  it('adds the TCG boot shortcuts on q35 only when KVM is not tried', () => {
+    const launch = (accelerators: Array<'kvm' | 'tcg'>) =>
+      valueAfter(buildQemuArgv({ config: parseMachineConfig({}), kernel: 'k', initrd: 'i', accelerators, paths, hostTscKhz: 2_096_042 }), '-append')[0]!;
+    const tcg = launch(['tcg']).split(' ');
+    expect(tcg).toEqual(expect.arrayContaining(['noreplace-smp', 'noapictimer', 'tsc_early_khz=2096042']));
+    const kvm = launch(['kvm', 'tcg']).split(' ');
+    expect(kvm).not.toContain('noapictimer');
+    expect(kvm).not.toContain('noreplace-smp');
+    expect(kvm.some((flag) => flag.startsWith('tsc_early_khz='))).toBe(false);
+  });
+
+  it('does not ask microvm, which has no HPET, to tick without its LAPIC timer', () => {
+    const append = valueAfter(argvFor({ machine: 'microvm' }), '-append')[0]!.split(' ');
+    expect(append).not.toContain('noapictimer');
+    expect(append).toContain('reboot=t');
   });
 
   it('uses virtio-mmio devices on microvm', () => {
