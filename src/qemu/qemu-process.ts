@@ -10,6 +10,22 @@ export interface ExitInfo {
 
 const STDERR_TAIL_BYTES = 8 * 1024;
 
+let setprivPath: { path: string | undefined } | undefined;
+
+/** util-linux's setpriv when it is installed (it is on Debian: util-linux is essential), else undefined. */
+function pdeathsigWrapper(): string | undefined {
+  if (!setprivPath) {
+    let path: string | undefined;
+    try {
+      path = resolveExecutable('setpriv');
+    } catch {
+      path = undefined;
+    }
+    setprivPath = { path };
+  }
+  return setprivPath.path;
+}
+
 /**
  * Finds an executable the way a shell would: a path is checked as is, a bare name is looked up in PATH.
  * @throws {QemuNotFoundError} when nothing executable is found.
@@ -67,7 +83,11 @@ export class QemuProcess {
    */
   static spawn(binary: string, argv: readonly string[], options: { consoleLog: string; killGraceMs: number }): QemuProcess {
     const executable = resolveExecutable(binary);
-    const child = execa(executable, argv, {
+    // Exit hooks do not run when Node is SIGKILLed or crashes hard; the kernel's parent-death signal does, so a
+    // QEMU never outlives the process that owns it. setpriv sets it and execs QEMU under the same pid.
+    const setpriv = pdeathsigWrapper();
+    const [file, args] = setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', executable, ...argv]] : [executable, argv];
+    const child = execa(file, args, {
       stdin: 'ignore',
       stdout: 'ignore',
       stderr: 'pipe',

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import {
   GuestOperationError,
   SnapshotMismatchError,
@@ -340,7 +341,15 @@ export class Sandbox {
     input: RestoreConfigInput = {},
     options: RestoreOptions = {},
   ): Promise<S[]> {
-    const results = await Promise.allSettled(Array.from({ length: count }, () => Sandbox.restore(stageClass, store, ref, input, options)));
+    // One listener on the caller's signal rather than a few per clone (Node warns past ten on one signal).
+    const forking = new AbortController();
+    setMaxListeners(Infinity, forking.signal);
+    const forward = () => forking.abort(options.signal?.reason);
+    if (options.signal?.aborted) forward();
+    options.signal?.addEventListener('abort', forward, { once: true });
+    const perClone = { ...options, signal: forking.signal };
+    const results = await Promise.allSettled(Array.from({ length: count }, () => Sandbox.restore(stageClass, store, ref, input, perClone)));
+    options.signal?.removeEventListener('abort', forward);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (!failed) return results.map((r) => (r as PromiseFulfilledResult<S>).value);
     await Promise.all(results.map((r) => (r.status === 'fulfilled' ? r.value.close() : undefined)));

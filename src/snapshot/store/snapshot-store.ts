@@ -262,9 +262,14 @@ export class FsSnapshotStore implements SnapshotStore {
     let committed = false;
     const cleanup = new CleanupStack();
     try {
-      const staging = await mkdtemp(join(this.#layout.root, STAGING_PREFIX));
+      // Made in the temp folder with its owner record, then renamed into place: every staging directory has an
+      // owner open can check, even when the writer is killed between creating it and writing the record.
+      const pending = await mkdtemp(join(this.#layout.tempDir, 'staging-'));
+      cleanup.defer('remove unpublished staging directory', () => removeTree(pending));
+      await writeNewFile(join(pending, OWNER_FILE), new TextEncoder().encode(JSON.stringify(currentOwner(randomToken()))));
+      const staging = join(this.#layout.root, `${STAGING_PREFIX}${basename(pending).slice('staging-'.length)}`);
+      await rename(pending, staging);
       cleanup.defer('remove staging directory', () => (committed ? undefined : removeTree(staging)));
-      await writeNewFile(join(staging, OWNER_FILE), new TextEncoder().encode(JSON.stringify(currentOwner(randomToken()))));
       // Claimed before the writer runs, so a taken name fails before seconds of migration are spent.
       const claim = await this.#names.claim(name, id, basename(staging));
       cleanup.defer('release name claim', () => (committed ? undefined : this.#names.release(name, { nonce: claim.nonce })));
