@@ -8,6 +8,9 @@ const coldPath: Metric = { name: 'cold-path', unit: 'ms' };
 const callRtt: Metric = { name: 'call-rtt', unit: 'ms', target: { op: '<=', value: 0.5 } };
 const callsPerSecond: Metric = { name: 'calls-per-second', unit: '1/s', target: { op: '>=', value: 3_000 } };
 const hostFnRtt: Metric = { name: 'host-fn-rtt', unit: 'ms' };
+const callsPerSecondPipelined: Metric = { name: 'calls-per-second-pipelined', unit: '1/s' };
+/** Calls in flight at once for calls-per-second-pipelined (a host serving concurrent requests). */
+const PIPELINE_DEPTH = 8;
 
 /** Untimed calls before each timed series, so the agent, the runtime and TCG's code cache are warm. */
 const CALL_WARM_UP = 50;
@@ -28,6 +31,8 @@ const double = defineHostFunction({
  * The guest's wasm runtime, on one sandbox (booted with `host.double`) and then on cold ones:
  * - `call-rtt`: `call('noop')` on arith.wasm, after 50 untimed;
  * - `calls-per-second`: sequential `call('add', i, 1)` for ~2 s, as `runs` windows, each window's rate one sample;
+ * - `calls-per-second-pipelined`: the same, with 8 calls in flight at all times (the agent queues them for the
+ *   runtime, which runs one at a time): what one sandbox serves to concurrent callers;
  * - `hot-swap`: from UserCodeLoaded, `devolve()` + `evolve(loadCode(...))` + the first call, alternating
  *   counter.wasm (`increment`) and arith.wasm (`add`); one untimed cycle first;
  * - `host-fn-rtt`: hostcall.wasm's `quadruple`, which calls `host.double` twice: each call's time / 2, after 20
@@ -36,11 +41,11 @@ const double = defineHostFunction({
  * When `rt_start` fails (no wasm runtime in the guest) the group says so on stderr and reports nothing.
  */
 export const runtimesGroup: BenchGroup = {
-  metrics: [hotSwap, coldPath, callRtt, callsPerSecond, hostFnRtt],
+  metrics: [hotSwap, coldPath, callRtt, callsPerSecond, callsPerSecondPipelined, hostFnRtt],
   async run(context) {
     const { runs, runDir, signal, log, wants } = context;
     const modules = { arith: await wasmFixture('arith.wasm'), counter: await wasmFixture('counter.wasm'), hostcall: await wasmFixture('hostcall.wasm') };
-    const samples = { rtt: [] as number[], rate: [] as number[], swap: [] as number[], hostFn: [] as number[], cold: [] as number[] };
+    const samples = { rtt: [] as number[], rate: [] as number[], piped: [] as number[], swap: [] as number[], hostFn: [] as number[], cold: [] as number[] };
 
     const booted = await KernelBooted.boot({ runDir }, { signal, hostFunctions: [double] });
     try {
@@ -89,6 +94,27 @@ export const runtimesGroup: BenchGroup = {
         log(`calls-per-second: ${total} add calls in ${windows} windows of ${windowMs.toFixed(0)} ms, median ${resultOf(callsPerSecond, samples.rate).median.toFixed(0)}/s`);
       }
 
+      if (wants(callsPerSecondPipelined.name)) {
+        const windows = runs(10);
+        const windowMs = CALLS_PER_SECOND_MS / windows;
+        let total = 0;
+        for (let w = 0; w < windows; w++) {
+          signal.throwIfAborted();
+          let calls = 0;
+          const start = performance.now();
+          const worker = async () => {
+            while (since(start) < windowMs) {
+              await code.call('add', calls, 1);
+              calls++;
+            }
+          };
+          await Promise.all(Array.from({ length: PIPELINE_DEPTH }, worker));
+          samples.piped.push(calls / (since(start) / 1000));
+          total += calls;
+        }
+        log(`calls-per-second-pipelined: ${total} add calls, ${PIPELINE_DEPTH} in flight, median ${resultOf(callsPerSecondPipelined, samples.piped).median.toFixed(0)}/s`);
+      }
+
       if (wants(hotSwap.name)) {
         const swaps = [
           { transition: loadCode(modules.counter), call: (c: UserCodeLoaded) => expectResult(c.call('increment'), 1, 'counter increment()') },
@@ -130,6 +156,7 @@ export const runtimesGroup: BenchGroup = {
     if (samples.cold.length > 0) results.push(resultOf(coldPath, samples.cold));
     if (samples.rtt.length > 0) results.push(resultOf(callRtt, samples.rtt));
     if (samples.rate.length > 0) results.push(resultOf(callsPerSecond, samples.rate));
+    if (samples.piped.length > 0) results.push(resultOf(callsPerSecondPipelined, samples.piped));
     if (samples.hostFn.length > 0) results.push(resultOf(hostFnRtt, samples.hostFn));
     return results;
   },
