@@ -2,7 +2,7 @@ import { rm } from 'node:fs/promises';
 import { Machine } from '../../src/index.js';
 import { DATA_NODE, SCRATCH_NODE } from '../../src/qemu/argv.js';
 import { runJob } from '../../src/qemu/qmp/index.js';
-import { restoreRamImage, saveRamImage } from '../../src/snapshot/ram-image.js';
+import { restoreRamImage, saveRamImage } from '../../src/qemu/ram-image.js';
 import { ramRomRanges } from '../../src/snapshot/rom-ranges.js';
 import { since, type BenchContext } from '../benchmark.js';
 

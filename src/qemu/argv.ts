@@ -83,7 +83,7 @@ export interface QemuLaunch {
    * Guest RAM: a file mapped shared (a booted machine, so a persist can copy it) or private (a restored machine:
    * copy-on-write over a snapshot's RAM image, which is never written). Default: `paths.ramFile`, shared.
    */
-  readonly ram?: { readonly path: string; readonly share: boolean };
+  readonly ram?: { readonly path: string; readonly share: boolean; readonly prealloc?: boolean };
 }
 
 /** Builds the qemu-system argv for one machine. Pure: no I/O, same input → same output. */
@@ -92,7 +92,7 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
   const microvm = config.machine === 'microvm';
   // microvm has no PCI bus: its virtio devices sit on virtio-mmio.
   const bus = microvm ? 'device' : 'pci';
-  const ram = launch.ram ?? { path: paths.ramFile, share: true };
+  const ram = launch.ram ?? { path: paths.ramFile, share: true, prealloc: true };
   const host = { hostTscKhz: launch.hostTscKhz, tcg: !launch.accelerators.includes('kvm') };
   const cmdline = [baseKernelCmdline(config.machine, host), config.cmdline].filter((part) => part.length > 0).join(' ');
   const argv = [
@@ -100,7 +100,7 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
     // A booted machine's RAM file is populated up front, with one madvise instead of a host page fault per 4 KiB
     // on first touch (~200–300 ms a boot here; init_on_free touches every page anyway). A restored machine maps a
     // snapshot copy-on-write, which preallocation would copy whole.
-    '-object', `memory-backend-file,id=ram0,size=${config.memoryMiB}M,mem-path=${ram.path},share=${ram.share ? 'on,prealloc=on' : 'off'}`,
+    '-object', `memory-backend-file,id=ram0,size=${config.memoryMiB}M,mem-path=${ram.path},share=${ram.share ? 'on' : 'off'}${ram.prealloc ? ',prealloc=on' : ''}`,
     ...(microvm || config.firmware === 'qboot' ? ['-bios', 'qboot.rom'] : []),
     ...launch.accelerators.flatMap((accel) => ['-accel', accel]),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',

@@ -26,6 +26,7 @@ import { Lifecycle, type LifecycleState } from './lifecycle.js';
 import { QemuProcess } from './qemu-process.js';
 import { QmpClient, waitMigration } from './qmp/index.js';
 import { createScratchDisk } from './scratch-disk.js';
+import { saveRamImage } from './ram-image.js';
 import { runPaths, type RunPaths } from './run-paths.js';
 
 /** How long the agent channel waits for the process exit that probably caused its close. */
@@ -133,13 +134,19 @@ export class Machine implements AsyncDisposable {
     const cleanup = new CleanupStack();
     try {
       const paths = await prepareRunDir(config, cleanup, source.diskLayer);
-      const process = spawnQemu(config, image, paths, cleanup, { incoming: true, ram: { path: source.ramImage, share: false } });
+      const copy = source.ram === 'copy';
+      if (copy) {
+        cleanup.defer('ram file', () => rm(paths.ramFile, { force: true }));
+        await step('RAM image → RAM file', () => saveRamImage(source.ramImage, paths.ramFile, config.memoryMiB * 1024 * 1024));
+      }
+      const ram = copy ? { path: paths.ramFile, share: true } : { path: source.ramImage, share: false };
+      const process = spawnQemu(config, image, paths, cleanup, { incoming: true, ram });
       const lifecycle = new Lifecycle();
       const started = await step('qemu → device state → agent hello', () =>
         raceExit(process, 'restore', connectRestored(config, paths, process, cleanup, source, options.signal)),
       );
       lifecycle.send({ type: 'BOOTED' });
-      return new Machine({ id: randomUUID(), config, image, paths, ramShared: false, process, lifecycle, cleanup, ...started });
+      return new Machine({ id: randomUUID(), config, image, paths, ramShared: copy, process, lifecycle, cleanup, ...started });
     } catch (error) {
       await cleanup.dispose();
       throw error;
@@ -342,7 +349,7 @@ function spawnQemu(
     hostTscKhz: hostTscKhz(),
     ...restore,
   });
-  // QEMU creates the shared RAM file; a restored machine maps the snapshot's image instead and creates none.
+  // QEMU creates a booted machine's RAM file; a restored one maps the snapshot's image or a copy made before.
   if (!restore.ram) cleanup.defer('ram file', () => rm(paths.ramFile, { force: true }));
   const process = QemuProcess.spawn(config.qemuBinary, argv, { consoleLog: paths.consoleLog, killGraceMs: config.killGraceMs });
   cleanup.defer('qemu process', () => process.kill());
@@ -357,6 +364,12 @@ export interface RestoreSource {
   readonly deviceStateOffset: number;
   /** The qcow2 layer the machine's disk overlay is backed by. */
   readonly diskLayer: string;
+  /**
+   * `copy-on-write` (default): RAM maps `ramImage` privately, so clones share its pages and it is never written;
+   * such a machine cannot be persisted. `copy`: the image is copied (sparse) into the machine's own shared RAM
+   * file first, which costs the copy and the memory, and gives a machine like a booted one.
+   */
+  readonly ram?: 'copy-on-write' | 'copy';
 }
 
 /**

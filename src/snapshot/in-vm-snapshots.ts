@@ -3,7 +3,7 @@ import { SnapshotError } from '../errors.js';
 import { DATA_NODE, SCRATCH_NODE } from '../qemu/argv.js';
 import type { Machine } from '../qemu/machine.js';
 import { runJob } from '../qemu/qmp/index.js';
-import { restoreRamImage, saveRamImage, type RamRange } from './ram-image.js';
+import { restoreRamImage, saveRamImage, type RamRange } from '../qemu/ram-image.js';
 import { ramRomRanges } from './rom-ranges.js';
 import { step } from '../util/trace.js';
 

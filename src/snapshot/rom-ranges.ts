@@ -1,4 +1,4 @@
-import type { RamRange } from './ram-image.js';
+import type { RamRange } from '../qemu/ram-image.js';
 
 // Below this guest-physical address, RAM file offsets equal addresses on every machine type we build (q35 keeps
 // at least 2 GiB of RAM below its PCI hole; microvm maps RAM from 0).

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import {
+  ConfigInvalidError,
   GuestOperationError,
   SnapshotMismatchError,
   AgentTimeoutError,
@@ -65,6 +66,13 @@ export interface RestoreOptions {
   lineage?: LineageRegistry;
   /** Called when the fallback is taken, with the reason the snapshot could not be loaded. */
   onFallback?: (reason: SnapshotMismatchError) => void;
+  /**
+   * `copy-on-write` (default): guest RAM maps the snapshot's RAM image privately, so sandboxes started from one
+   * snapshot share its pages (fork's low PSS), but such a sandbox cannot be persisted and keeps RAM inside its
+   * in-VM snapshots. `copy`: the image is copied into the sandbox's own RAM file first (tens of ms, and the memory
+   * is its own), which makes it like a booted sandbox: it can be persisted, for example as the next layer.
+   */
+  ram?: 'copy-on-write' | 'copy';
 }
 
 /** How a sandbox came to be. */
@@ -95,7 +103,6 @@ export class Sandbox {
   #nodeIds = 0;
   #tagGeneration = 0;
   readonly #tagged = new Set<LineageNode>();
-  #restoredFrom: string | undefined;
   #origin: SandboxOrigin = { kind: 'boot' };
   #hostFunctions: HostFunctionSet;
 
@@ -226,13 +233,17 @@ export class Sandbox {
    * Writes the stage to a snapshot store: guest RAM image + device state, the disk as a qcow2 layer (over the
    * layer of the nearest ancestor persisted to the same store), and a manifest. The guest pauses for the copy
    * and then goes on; the stage stays current.
-   * @throws {OperationNotAllowedError} for a sandbox that was itself restored (its RAM is a private mapping).
+   * @throws {OperationNotAllowedError} for a sandbox restored with `ram: 'copy-on-write'` (the default: its RAM is
+   *   a private mapping of the snapshot it came from); restore with `ram: 'copy'` to persist it.
    * @throws the store's errors ({@link SnapshotExistsError} for a taken name) and {@link QmpCommandError}.
    */
   async persist(stage: Stage, store: SnapshotStore, name: string, options: PersistOptions = {}): Promise<SnapshotInfo> {
     const node = this.#assertReady(stage, 'persist');
-    if (this.#restoredFrom) {
-      throw new OperationNotAllowedError('persist', 'restored from a snapshot (its RAM is a copy-on-write mapping of that snapshot)');
+    if (!this.machine.ramShared) {
+      throw new OperationNotAllowedError(
+        'persist',
+        "restored from a snapshot with ram: 'copy-on-write' (its RAM is a private mapping of that snapshot; restore with ram: 'copy' to persist)",
+      );
     }
     return this.#exclusive('persist', async () => {
       const { machine } = this;
@@ -274,6 +285,9 @@ export class Sandbox {
     options: RestoreOptions = {},
   ): Promise<S> {
     const config = parseRestoreConfig(input);
+    if (options.ram !== undefined && options.ram !== 'copy' && options.ram !== 'copy-on-write') {
+      throw new ConfigInvalidError([{ path: 'ram', message: "expected 'copy-on-write' or 'copy'", value: options.ram }]);
+    }
     const lease = await store.lease(ref, options);
     try {
       const { manifest, paths, id } = lease.snapshot;
@@ -296,12 +310,11 @@ export class Sandbox {
       hostFunctions.assertSupersetOf(manifest.hostFunctions as unknown as HostFunctionSignature[], `restore ${ref}`);
       const machine = await Machine.restore(
         machineConfig,
-        { ramImage: paths.vmstate, deviceStateOffset: extra.deviceStateOffset, diskLayer: paths.disk },
+        { ramImage: paths.vmstate, deviceStateOffset: extra.deviceStateOffset, diskLayer: paths.disk, ram: options.ram },
         options,
       );
       machine.deferCleanup('snapshot lease', () => lease.release());
       const sandbox = new Sandbox(machine, hostFunctions);
-      sandbox.#restoredFrom = id;
       sandbox.#origin = { kind: 'snapshot', snapshot: id };
       try {
         await step('identity', () =>

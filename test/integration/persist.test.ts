@@ -160,6 +160,46 @@ describe('layers', () => {
   });
 });
 
+describe('layering on a warm-started sandbox', () => {
+  it("refuses to persist a copy-on-write restore, and with ram: 'copy' persists the next stage as a layer over the snapshot", async () => {
+    const cow = await RuntimeLoaded.fromSnapshot(store, 'runtime', { runDir }, { hostFunctions: [echo] });
+    try {
+      await expect(cow.persist(store, 'never')).rejects.toMatchObject({ code: 'OPERATION_NOT_ALLOWED' });
+    } finally {
+      await cow.close();
+    }
+    await expect(RuntimeLoaded.fromSnapshot(store, 'runtime', { runDir }, { hostFunctions: [echo], ram: 'fast' as never })).rejects.toMatchObject({
+      code: 'CONFIG_INVALID',
+    });
+
+    const runtime = await RuntimeLoaded.fromSnapshot(store, 'runtime', { runDir }, { hostFunctions: [echo], ram: 'copy' });
+    let layered: string;
+    try {
+      expect(sandboxOf(runtime).machine.ramShared).toBe(true);
+      const code = await runtime.evolve(loadCode('layer() { echo "layer $1"; }'));
+      await code.writeFile('/tmp/in-ram-layer', 'layer');
+      // In-VM snapshots work as on a booted sandbox: back to the restored stage and forward again.
+      const back = await code.devolve();
+      expect((await markers(back)).ram).toEqual(['in-ram-booted', 'in-ram-runtime']);
+      const again = await back.evolve(loadCode('layer() { echo "layer $1"; }'));
+      await markStage(again, 'code');
+      const info = await again.persist(store, 'layered-code');
+      layered = info.id;
+      expect(info.manifest.parent).toBe((await store.get('runtime')).id);
+    } finally {
+      await runtime.close();
+    }
+    const restored = await UserCodeLoaded.fromSnapshot(store, layered, { runDir }, { hostFunctions: [echo] });
+    try {
+      expect(await restored.call('layer', 'two')).toBe('layer two\n');
+      expect(await markers(restored)).toEqual({ ram: ['in-ram-booted', 'in-ram-code', 'in-ram-runtime'], disk: ['disk-booted', 'disk-runtime', 'disk-code'] });
+    } finally {
+      await restored.close();
+    }
+    await store.delete(layered);
+  });
+});
+
 describe('forks from a template', () => {
   it('starts 8 clones, each with its own identity and RNG, isolated from each other and from the template', async () => {
     const before = fileDigests((await store.get('runtime')).id);

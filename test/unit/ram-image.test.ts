@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { restoreRamImage, saveRamImage } from '../../src/snapshot/ram-image.js';
+import { restoreRamImage, saveRamImage } from '../../src/qemu/ram-image.js';
 import { ramRomRanges } from '../../src/snapshot/rom-ranges.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'evolvm-ram-image-'));
