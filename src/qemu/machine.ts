@@ -27,6 +27,7 @@ import { QemuProcess } from './qemu-process.js';
 import { QmpClient, waitMigration } from './qmp/index.js';
 import { createScratchDisk } from './scratch-disk.js';
 import { saveRamImage } from './ram-image.js';
+import { reapOrphanRunDirs, RUN_DIR_PREFIX, writeRunDirRecord } from './run-dir-reaper.js';
 import { runPaths, type RunPaths } from './run-paths.js';
 
 /** How long the agent channel waits for the process exit that probably caused its close. */
@@ -108,6 +109,7 @@ export class Machine implements AsyncDisposable {
     try {
       const paths = await prepareRunDir(config, cleanup);
       const process = spawnQemu(config, image, paths, cleanup, {});
+      await writeRunDirRecord(paths.dir, process.pid);
       const lifecycle = new Lifecycle();
       const started = await step('qemu → qmp + agent hello', () =>
         raceExit(process, 'boot', connectChannels(config, paths, process, cleanup, options.signal)),
@@ -141,6 +143,7 @@ export class Machine implements AsyncDisposable {
       }
       const ram = copy ? { path: paths.ramFile, share: true } : { path: source.ramImage, share: false };
       const process = spawnQemu(config, image, paths, cleanup, { incoming: true, ram });
+      await writeRunDirRecord(paths.dir, process.pid);
       const lifecycle = new Lifecycle();
       const started = await step('qemu → device state → agent hello', () =>
         raceExit(process, 'restore', connectRestored(config, paths, process, cleanup, source, options.signal)),
@@ -327,7 +330,8 @@ async function prepareRunDir(config: MachineConfig, cleanup: CleanupStack, diskL
 async function createRunDir(config: MachineConfig, cleanup: CleanupStack): Promise<RunPaths> {
   const parent = config.runDir ?? tmpdir();
   await mkdir(parent, { recursive: true });
-  const dir = await mkdtemp(join(parent, 'evolvm-'));
+  await reapOrphanRunDirs(parent);
+  const dir = await mkdtemp(join(parent, RUN_DIR_PREFIX));
   cleanup.defer('run directory', () => rm(dir, { recursive: true, force: true }));
   return runPaths(dir);
 }

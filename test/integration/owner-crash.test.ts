@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FsSnapshotStore } from '../../src/index.js';
+import { FsSnapshotStore, Machine } from '../../src/index.js';
 import { STAGING_PREFIX } from '../../src/snapshot/store/layout.js';
 import { qemuProcessesUnder, testRunDir } from '../helpers/leaks.js';
 
@@ -81,14 +81,24 @@ async function gone(pid: number, withinMs: number): Promise<boolean> {
 }
 
 describe('the owning process dies without cleaning up', () => {
-  it('SIGKILL of the owner takes its QEMU down too (parent-death signal)', async () => {
+  it('SIGKILL of the owner takes its QEMU down too, and the next machine started there removes what it left', async () => {
     const { child, line } = startChild(['hold', runDir]);
     const pid = Number((await line('qemu ')).split(' ')[1]);
     expect(await gone(pid, 0)).toBe(false);
     await killHard(child);
     expect(await gone(pid, 3_000)).toBe(true);
     expect(qemuProcessesUnder(runDir)).toEqual([]);
-    removeOrphans();
+    // The killed owner could not clean up: its run directory and RAM file are still there.
+    const shmOf = () => readdirSync('/dev/shm').filter((name) => name.startsWith(`${basename(runDir)}.`));
+    expect(readdirSync(runDir)).toHaveLength(1);
+    expect(shmOf()).toHaveLength(1);
+    const next = await Machine.boot({ runDir });
+    try {
+      expect(readdirSync(runDir)).toEqual([basename(next.paths.dir)]);
+      expect(shmOf()).toEqual([basename(next.paths.ramFile)]);
+    } finally {
+      await next.stop();
+    }
   }, 60_000);
 
   it(`survives ${KILLS} SIGKILLs of a process persisting a real sandbox: the store opens clean, every snapshot verifies`, async () => {

@@ -2,7 +2,7 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MAX_RECORD_BYTES, type StoreLayout } from './layout.js';
 import { errnoOf, publishFile, randomToken, readBounded, removeIfSame } from './fs-io.js';
-import { currentOwner, livenessOf, OwnerSchema, type Owner } from './owner.js';
+import { currentOwner, livenessOf, OwnerSchema, type Owner } from '../../util/owner.js';
 import { SnapshotLockedError, type LockHolder } from './store-errors.js';
 
 const LEASE_INFIX = '.lease-';

@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { STAGING_NAME_PATTERN, MAX_RECORD_BYTES, type StoreLayout } from './layout.js';
 import { pathKind, publishFile, randomToken, readBounded, removeIfSame } from './fs-io.js';
 import { SnapshotIdSchema, SnapshotNameSchema } from './manifest.js';
-import { currentOwner, livenessOf, OwnerSchema } from './owner.js';
+import { currentOwner, livenessOf, OwnerSchema } from '../../util/owner.js';
 import { SnapshotExistsError } from './store-errors.js';
 
 /**

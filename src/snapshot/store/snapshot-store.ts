@@ -43,7 +43,7 @@ import {
   type SnapshotManifestDraft,
 } from './manifest.js';
 import { NameIndex } from './names.js';
-import { currentOwner, livenessOf } from './owner.js';
+import { currentOwner, livenessOf } from '../../util/owner.js';
 import {
   SnapshotCorruptError,
   SnapshotInUseByChildError,

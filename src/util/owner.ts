@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import { z } from 'zod';
 
 /**
- * Who wrote a staging directory, a name claim or a lock: the pid, the host, and the process's start time
+ * Who wrote a staging directory, a name claim, a lock or a machine's run directory: the pid, the host, and the process's start time
  * (Linux `/proc/<pid>/stat` field 22), so that a pid reused by an unrelated process is not taken for the
  * writer. A record from another host cannot be checked and is treated as alive.
  */
