@@ -179,6 +179,26 @@ describe('stale stage objects', () => {
   });
 });
 
+describe('other machine shapes', () => {
+  it('round-trips on microvm with 256 MiB and on q35 + SeaBIOS with 384 MiB (RAM images, ROM ranges)', async () => {
+    for (const config of [{ machine: 'microvm', memoryMiB: 256 }, { machine: 'q35', firmware: 'seabios', memoryMiB: 384 }] as const) {
+      let booted = await KernelBooted.boot({ runDir, ...config });
+      try {
+        for (let cycle = 0; cycle < 2; cycle++) {
+          await booted.writeFile('/tmp/root-marker', `${config.machine} ${cycle}`);
+          const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
+          await runtime.writeFile('/tmp/runtime-marker', 'made after evolve');
+          booted = await runtime.devolve();
+          await expect(booted.readFile('/tmp/runtime-marker')).rejects.toBeInstanceOf(GuestOperationError);
+          expect((await booted.readFile('/tmp/root-marker')).toString()).toBe(`${config.machine} ${cycle}`);
+        }
+      } finally {
+        await booted.close();
+      }
+    }
+  }, 120_000);
+});
+
 describe('atomic evolve', () => {
   it('rolls back a transition that fails in the guest; the source stays usable', async () => {
     const failing = defineTransition({
