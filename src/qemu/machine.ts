@@ -146,7 +146,7 @@ export class Machine implements AsyncDisposable {
       await writeRunDirRecord(paths.dir, process.pid);
       const lifecycle = new Lifecycle();
       const started = await step('qemu → device state → agent hello', () =>
-        raceExit(process, 'restore', connectRestored(config, paths, process, cleanup, source, options.signal)),
+        raceExit(process, 'restore', connectChannels(config, paths, process, cleanup, options.signal, (qmp) => loadDeviceState(qmp, config, source, options.signal))),
       );
       lifecycle.send({ type: 'BOOTED' });
       return new Machine({ id: randomUUID(), config, image, paths, ramShared: copy, process, lifecycle, cleanup, ...started });
@@ -377,45 +377,23 @@ export interface RestoreSource {
 }
 
 /**
- * Connects to a restoring QEMU: QMP runs the device-state load and resumes the guest (the source was paused when
- * it saved, so QEMU does not), while the agent connects and queues a hello request for the guest to answer.
+ * Loads a restoring QEMU's device state and resumes the guest (the source was paused when it saved, so QEMU
+ * does not resume by itself). A failed load makes QEMU exit.
  */
-async function connectRestored(
-  config: MachineConfig,
-  paths: RunPaths,
-  process: QemuProcess,
-  cleanup: CleanupStack,
-  source: RestoreSource,
-  signal: AbortSignal | undefined,
-): Promise<{ qmp: QmpClient; agent: AgentSession }> {
-  // Stops waiting for the agent when QMP fails, rather than at the hello timeout.
-  const qmpFailed = new AbortController();
-  const agentSignal = signal ? AbortSignal.any([signal, qmpFailed.signal]) : qmpFailed.signal;
-  const agentPromise = connectAgent(config, paths, process, agentSignal, true);
-  const qmpPromise = (async () => {
-    const qmp = await QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal });
-    cleanup.defer('qmp', () => qmp.close());
-    const bounds = { timeoutMs: config.qmpTimeoutMs, signal };
-    // The source saved with x-ignore-shared: RAM is not in the stream, it is the mapped image. The capability
-    // stays on: this machine's own in-VM snapshots and persists rely on it (see InVmSnapshots).
-    await qmp.execute('migrate-set-capabilities', {
-      capabilities: [
-        { capability: 'x-ignore-shared', state: true },
-        // MIGRATION events wake waitMigration as soon as the load completes, instead of at its next poll.
-        { capability: 'events', state: true },
-      ],
-    }, bounds);
-    await qmp.execute('migrate-incoming', { uri: `exec:tail -c +${source.deviceStateOffset + 1} ${shellQuote(source.ramImage)}` }, bounds);
-    await waitMigration(qmp, { ...bounds, pollMs: 5 });
-    await qmp.execute('cont', {}, bounds);
-    return qmp;
-  })();
-  qmpPromise.catch((error: unknown) => qmpFailed.abort(error));
-  const [qmp, agent] = await Promise.allSettled([qmpPromise, agentPromise]);
-  if (agent.status === 'fulfilled') cleanup.defer('agent', () => agent.value.close());
-  if (qmp.status === 'rejected') throw qmp.reason;
-  if (agent.status === 'rejected') throw agent.reason;
-  return { qmp: qmp.value, agent: agent.value };
+async function loadDeviceState(qmp: QmpClient, config: MachineConfig, source: RestoreSource, signal: AbortSignal | undefined): Promise<void> {
+  const bounds = { timeoutMs: config.qmpTimeoutMs, signal };
+  // The source saved with x-ignore-shared: RAM is not in the stream, it is the mapped image. The capability
+  // stays on: this machine's own in-VM snapshots and persists rely on it (see InVmSnapshots).
+  await qmp.execute('migrate-set-capabilities', {
+    capabilities: [
+      { capability: 'x-ignore-shared', state: true },
+      // MIGRATION events wake waitMigration as soon as the load completes, instead of at its next poll.
+      { capability: 'events', state: true },
+    ],
+  }, bounds);
+  await qmp.execute('migrate-incoming', { uri: `exec:tail -c +${source.deviceStateOffset + 1} ${shellQuote(source.ramImage)}` }, bounds);
+  await waitMigration(qmp, { ...bounds, pollMs: 5 });
+  await qmp.execute('cont', {}, bounds);
 }
 
 /** Quotes a path for the shell QEMU runs `exec:` migration URIs with. */
@@ -423,20 +401,31 @@ export function shellQuote(path: string): string {
   return `'${path.replaceAll("'", `'\\''`)}'`;
 }
 
+/**
+ * Connects QMP and the agent at the same time. A restore passes `restore`, which runs on the QMP client as soon
+ * as it is connected (the device-state load) while the agent queues a request for a fresh hello (the guest said
+ * its own before it was saved). If QMP or `restore` fails, the wait for the agent stops at once.
+ */
 async function connectChannels(
   config: MachineConfig,
   paths: RunPaths,
   process: QemuProcess,
   cleanup: CleanupStack,
   signal: AbortSignal | undefined,
-  requestHello = false,
+  restore?: (qmp: QmpClient) => Promise<void>,
 ): Promise<{ qmp: QmpClient; agent: AgentSession }> {
-  const qmpPromise = QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal });
-  // A restored guest said its hello before it was saved: ask again.
-  const agentPromise = connectAgent(config, paths, process, signal, requestHello);
-  // Register each channel's cleanup as soon as it exists, even if the other one fails.
+  const qmpFailed = new AbortController();
+  const agentSignal = signal ? AbortSignal.any([signal, qmpFailed.signal]) : qmpFailed.signal;
+  const agentPromise = connectAgent(config, paths, process, agentSignal, restore !== undefined);
+  const qmpPromise = (async () => {
+    const qmp = await QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal });
+    // Registered as soon as it exists, even if the agent fails.
+    cleanup.defer('qmp', () => qmp.close());
+    await restore?.(qmp);
+    return qmp;
+  })();
+  qmpPromise.catch((error: unknown) => qmpFailed.abort(error));
   const [qmp, agent] = await Promise.allSettled([qmpPromise, agentPromise]);
-  if (qmp.status === 'fulfilled') cleanup.defer('qmp', () => qmp.value.close());
   if (agent.status === 'fulfilled') cleanup.defer('agent', () => agent.value.close());
   if (qmp.status === 'rejected') throw qmp.reason;
   if (agent.status === 'rejected') throw agent.reason;

@@ -146,9 +146,14 @@ export class InVmSnapshots {
 
   /** Decided once per machine, on first use. */
   #ramMode(options: SnapshotCallOptions): Promise<RamMode> {
-    this.#mode ??= this.#decideRamMode(options);
-    // A failed decision (QEMU gone, say) is not remembered.
-    this.#mode.catch(() => (this.#mode = undefined));
+    if (!this.#mode) {
+      const mode = this.#decideRamMode(options);
+      // A failed decision (QEMU gone, say) is not remembered.
+      mode.catch(() => {
+        if (this.#mode === mode) this.#mode = undefined;
+      });
+      this.#mode = mode;
+    }
     return this.#mode;
   }
 
