@@ -2,8 +2,10 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 
 import { shellQuote, type Machine } from '../qemu/machine.js';
+import { saveRamImage } from '../qemu/ram-image.js';
 import { waitMigration } from '../qemu/qmp/index.js';
 import { resolveQemuImg } from '../qemu/scratch-disk.js';
+import { throwIfAborted } from './store/fs-io.js';
 
 /** The two files of a persisted machine state, as the store names them. */
 export interface PersistedFiles {
@@ -18,7 +20,7 @@ const UNLIMITED_BANDWIDTH = 107_374_182_400;
 
 /**
  * Writes a running machine's state to files, with the guest paused only as long as it takes:
- * stop → copy the RAM file (sparse) → append the device state (`migrate` with x-ignore-shared, so RAM is not in
+ * stop → copy the RAM file (sparse, as in-VM snapshots do) → append the device state (`migrate` with x-ignore-shared, so RAM is not in
  * the stream) → copy the disk as a qcow2 layer over `parentDisk` → cont. The machine is left running as before,
  * and its in-VM snapshots are untouched (the live disk is copied, not swapped).
  * @throws {QmpCommandError} when QEMU refuses a step or the migration fails.
@@ -32,7 +34,8 @@ export async function persistMachineState(
   const bounds = { timeoutMs: config.qmpTimeoutMs, signal: options.signal };
   await qmp.execute('stop', {}, bounds);
   try {
-    await execa('cp', ['--sparse=always', paths.ramFile, files.vmstate], { cancelSignal: options.signal });
+    await saveRamImage(paths.ramFile, files.vmstate, config.memoryMiB * 1024 * 1024);
+    throwIfAborted(options.signal, 'persist');
     await qmp.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED_BANDWIDTH }, bounds);
     await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] }, bounds);
     // Left on: in-VM snapshots of this machine keep RAM in image files too (see InVmSnapshots).
