@@ -48,52 +48,41 @@ async function expectPoisoned(stages: Stage[]): Promise<void> {
 }
 
 describe('QEMU dying under a stage operation', () => {
-  it('during snapshot-save: the evolve fails typed, every stage object is poisoned, nothing leaks', async () => {
+  // Two moments each: as the lifecycle enters the state (before anything is written), and when the QMP job
+  // starts (the RAM image is written by then, for a load written back into guest RAM).
+  const saveKills = [
+    ['during snapshot-save', (stage: Stage) => killWhenEntering(stage, 'saving')],
+    ['during the snapshot-save job, after the RAM image was written', (stage: Stage) => killWhenJobStarts(stage, 'snapshot-save')],
+  ] as const;
+  const loadKills = [
+    ['during snapshot-load', (stage: Stage) => killWhenEntering(stage, 'restoring')],
+    ['during the snapshot-load job, after RAM was written back', (stage: Stage) => killWhenJobStarts(stage, 'snapshot-load')],
+  ] as const;
+
+  it.each(saveKills)('%s: the evolve fails typed, every stage object is poisoned, nothing leaks', async (_when, arrangeKill) => {
     const booted = await KernelBooted.boot({ runDir });
     await booted.writeFile('/tmp/dirty', 'so the evolve must save');
-    killWhenEntering(booted, 'saving');
+    arrangeKill(booted);
     const error = await booted.evolve(loadRuntime({ kind: 'shell' })).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(StagePoisonedError);
     expect((error as StagePoisonedError).cause).toMatchObject({ code: 'SNAPSHOT_FAILED' });
     await expectPoisoned([booted]);
     await booted.close();
     expect(qemuProcessesUnder(runDir)).toEqual([]);
-  });
-
-  it('during snapshot-load: the devolve fails typed, every stage object is poisoned, nothing leaks', async () => {
-    const booted = await KernelBooted.boot({ runDir });
-    const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
-    const code = await runtime.evolve(loadCode('f() { :; }'));
-    killWhenEntering(code, 'restoring');
-    const error = await code.devolve().catch((e: unknown) => e);
-    expect(error).toBeInstanceOf(StagePoisonedError);
-    await expectPoisoned([booted, runtime, code]);
-    await code.close();
-    expect(qemuProcessesUnder(runDir)).toEqual([]);
-  });
-
-  it('during the snapshot-save job, after the RAM image was written: typed error, the image is removed', async () => {
-    const booted = await KernelBooted.boot({ runDir });
-    await booted.writeFile('/tmp/dirty', 'so the evolve must save');
-    killWhenJobStarts(booted, 'snapshot-save');
-    const error = await booted.evolve(loadRuntime({ kind: 'shell' })).catch((e: unknown) => e);
-    expect(error).toBeInstanceOf(StagePoisonedError);
-    expect((error as StagePoisonedError).cause).toMatchObject({ code: 'SNAPSHOT_FAILED' });
-    await expectPoisoned([booted]);
-    await booted.close();
     expect(ramImagesOf(booted)).toEqual([]);
   });
 
-  it('during the snapshot-load job, after RAM was written back: typed error, every image is removed', async () => {
+  it.each(loadKills)('%s: the devolve fails typed, every stage object is poisoned, nothing leaks', async (_when, arrangeKill) => {
     const booted = await KernelBooted.boot({ runDir });
     const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
     const code = await runtime.evolve(loadCode('f() { :; }'));
     expect(ramImagesOf(code)).toHaveLength(2);
-    killWhenJobStarts(code, 'snapshot-load');
+    arrangeKill(code);
     const error = await code.devolve().catch((e: unknown) => e);
     expect(error).toBeInstanceOf(StagePoisonedError);
     await expectPoisoned([booted, runtime, code]);
     await code.close();
+    expect(qemuProcessesUnder(runDir)).toEqual([]);
     expect(ramImagesOf(code)).toEqual([]);
   });
 
