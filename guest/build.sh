@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Builds the evolvm guest for x86_64 from Debian packages: the cloud kernel (bzImage,
-# plus the uncompressed PVH vmlinux when the kernel has the PVH entry note), an
+# plus the uncompressed PVH vmlinux when the kernel has the PVH entry note, and then pvh-loader with
+# boot.img, the vmlinux's bytes joined to the initramfs, which is what evolvm boots: boot/pvh-loader.c), an
 # initramfs holding the static init and agent, busybox and the virtio modules, and a
 # squashfs image of the runtimes (wasm: wabt's interpreter from Debian's wabt source
 # package; js: duktape) that the host attaches as a read-only virtio-blk disk.
 #
 # Usage: guest/build.sh [--force]
-# Output: guest/out/x86_64/{vmlinuz,vmlinux,initramfs.cpio,initramfs.cpio.gz,runtimes.squashfs,manifest.json}
+# Output: guest/out/x86_64/{vmlinuz,vmlinux,pvh-loader.elf,boot.img,initramfs.cpio,initramfs.cpio.gz,
+#         runtimes.squashfs,manifest.json}
 # Needs (Debian bookworm, run as root): apt, dpkg, dpkg-dev, gcc, g++, make, cmake, libc6-dev, musl-tools,
 # linux-libc-dev, libmsgpuck-dev, duktape-dev, cpio, xz-utils, zstd, lz4, squashfs-tools, binutils, gzip, coreutils.
 set -Eeuo pipefail
@@ -43,11 +45,11 @@ DUKTAPE_DIR=/usr/share/duktape
 WABT_CMAKE_FLAGS=(-DBUILD_TESTS=OFF -DBUILD_TOOLS=OFF -DBUILD_LIBWASM=OFF -DCMAKE_BUILD_TYPE=Release)
 DEB_SRC_LIST=/etc/apt/sources.list.d/evolvm-deb-src.sources
 # Files hashed into the manifest's input_hash: a change to any of them rebuilds.
-SOURCES=(build.sh init/init.c common/* agent/*.h agent/*.c runtimes/common/* runtimes/wasm/* runtimes/js/*)
+SOURCES=(build.sh init/init.c common/* agent/*.h agent/*.c runtimes/common/* runtimes/wasm/* runtimes/js/* boot/*)
 # init and the agent are linked against musl: a static glibc binary is ten times the size, and both live
 # in the initramfs, that is in guest RAM.
 MUSL_GCC=musl-gcc
-STEPS=12
+STEPS=13
 step_no=0
 
 die() { echo "guest/build.sh: error: $*" >&2; exit 1; }
@@ -77,6 +79,7 @@ need make make
 need cmake cmake
 need dpkg-source dpkg-dev
 need readelf binutils
+need ld binutils
 need cpio cpio
 need xz xz-utils
 need zstd zstd
@@ -144,7 +147,7 @@ INPUT_HASH=$(
 	for f in "${SOURCES[@]}"; do printf '== %s\n' "$f"; cat "$f"; done
 	for pkg in "$KERNEL_PKG" "$BUSYBOX_PKG"; do printf 'deb %s %s %s\n' "$pkg" "${PKG_VER[$pkg]}" "${PKG_SHA[$pkg]}"; done
 	printf 'gcc %s\nlibc6-dev %s\nlibmsgpuck-dev %s\n' "$(gcc -dumpfullversion)" "$(pkg_version libc6-dev)" "$(pkg_version libmsgpuck-dev)"
-	printf 'musl-dev %s\nlinux-libc-dev %s\n' "$(pkg_version musl-dev)" "$(pkg_version linux-libc-dev)"
+	printf 'musl-dev %s\nlinux-libc-dev %s\nbinutils %s\n' "$(pkg_version musl-dev)" "$(pkg_version linux-libc-dev)" "$(pkg_version binutils)"
 	printf 'g++ %s\ncmake %s\nsquashfs-tools %s\n' "$(g++ -dumpfullversion)" "$(pkg_version cmake)" "$(pkg_version squashfs-tools)"
 	printf 'squashfs %s\n' "${SQUASHFS_FLAGS[*]}"
 	printf 'wabt-src %s %s\nduktape-dev %s\n' "$WABT_SRC_VER" "${WABT_SRC_SHA[$WABT_DSC]}" "$DUKTAPE_VER"
@@ -431,6 +434,22 @@ else
 	echo "    unknown kernel compression (magic $magic); shipping the bzImage only"
 fi
 
+# --- boot image ------------------------------------------------------------------------------------
+step "building pvh-loader and boot.img"
+if [[ $PVH == true ]]; then
+	# The loader is 32-bit freestanding code (entered in protected mode without paging); gcc -m32 needs no
+	# 32-bit libc for it. mkblob runs here, on the build host.
+	gcc -O2 -Wall -Wextra -o "$WORK/mkblob" boot/mkblob.c
+	gcc -m32 -march=i686 -O2 -Wall -Wextra -ffreestanding -fno-pic -fno-pie -fno-stack-protector \
+		-fno-asynchronous-unwind-tables -nostdlib -c boot/pvh-loader.c -o "$WORK/pvh-loader.o"
+	ld -m elf_i386 -nostdlib -static --no-warn-rwx-segments -T boot/pvh-loader.ld "$WORK/pvh-loader.o" \
+		-o "$STAGE/pvh-loader.elf"
+	"$WORK/mkblob" "$STAGE/vmlinux" "$STAGE/initramfs.cpio" "$STAGE/boot.img"
+	echo "    pvh-loader.elf $(stat -c %s "$STAGE/pvh-loader.elf") bytes, boot.img $(stat -c %s "$STAGE/boot.img") bytes"
+else
+	echo "    no PVH vmlinux: evolvm boots the bzImage"
+fi
+
 # --- manifest -----------------------------------------------------------------------------------
 step "writing manifest.json"
 BUSYBOX_VERSION=$("$BUSYBOX" --help 2>&1 | sed -n '1s/^BusyBox \(v[^ ]*\).*/\1/p')
@@ -452,7 +471,7 @@ json_list() { local first=1 x; for x in "$@"; do ((first)) || printf ', '; print
 		"${RT_VERSION[wasm]}" "$WABT_SRC_PKG" "$WABT_SRC_VER" "${RT_VERSION[js]}" "$DUKTAPE_PKG" "$DUKTAPE_VER"
 	printf '  "files": {\n'
 	first=1
-	for f in vmlinuz vmlinux initramfs.cpio initramfs.cpio.gz runtimes.squashfs; do
+	for f in vmlinuz vmlinux pvh-loader.elf boot.img initramfs.cpio initramfs.cpio.gz runtimes.squashfs; do
 		[[ -f $STAGE/$f ]] || continue
 		((first)) || printf ',\n'
 		printf '    "%s": {"sha256": "%s", "size": %s}' "$f" "$(sha256 "$STAGE/$f")" "$(stat -c %s "$STAGE/$f")"

@@ -119,8 +119,19 @@ export class QmpProtocolError extends EvolvmError {
 /** The guest agent did not answer within the bound. */
 export class AgentTimeoutError extends EvolvmError {
   readonly code = 'AGENT_TIMEOUT' as const;
-  constructor(readonly operation: string, readonly timeoutMs: number, options?: { cause?: unknown }) {
-    super(`guest agent did not answer ${operation} within ${timeoutMs} ms`, options);
+  /** The end of the guest console (and QEMU's stderr) when the guest never came up: why it hangs, if it said. */
+  readonly consoleTail: string | undefined;
+  constructor(
+    readonly operation: string,
+    readonly timeoutMs: number,
+    options?: { cause?: unknown; consoleTail?: string },
+  ) {
+    super(
+      `guest agent did not answer ${operation} within ${timeoutMs} ms` +
+        (options?.consoleTail ? `; console tail:\n${options.consoleTail}` : ''),
+      options,
+    );
+    this.consoleTail = options?.consoleTail;
   }
 }
 

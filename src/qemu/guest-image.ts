@@ -36,7 +36,10 @@ export function defaultGuestDir(): string {
   return process.env.EVOLVM_GUEST_DIR ?? join(packageRoot(), 'guest', 'out', 'x86_64');
 }
 
-// The PVH ELF boots faster than the bzImage (no decompression); the uncompressed cpio skips gunzip.
+// pvh-loader with the boot image (the PVH kernel's bytes and the initramfs) boots as fast as the PVH ELF and leaves
+// no kernel ROM for QEMU to write back over RAM on each snapshot-load (guest/boot/pvh-loader.c). Without them, the
+// PVH ELF boots faster than the bzImage (no decompression); the uncompressed cpio skips gunzip.
+const LOADER = { kernel: 'pvh-loader.elf', initrd: 'boot.img' };
 const KERNEL_NAMES = ['vmlinux', 'vmlinuz'];
 const INITRD_NAMES = ['initramfs.cpio', 'initramfs.cpio.gz'];
 
@@ -46,8 +49,10 @@ const INITRD_NAMES = ['initramfs.cpio', 'initramfs.cpio.gz'];
  */
 export function resolveGuestImage(kernel?: string, initrd?: string): GuestImage {
   const dir = defaultGuestDir();
-  const kernelPath = kernel ? resolve(kernel) : firstExisting(dir, KERNEL_NAMES);
-  const initrdPath = initrd ? resolve(initrd) : firstExisting(dir, INITRD_NAMES);
+  const loader = { kernel: join(dir, LOADER.kernel), initrd: join(dir, LOADER.initrd) };
+  const useLoader = !kernel && !initrd && existsSync(loader.kernel) && existsSync(loader.initrd);
+  const kernelPath = kernel ? resolve(kernel) : useLoader ? loader.kernel : firstExisting(dir, KERNEL_NAMES);
+  const initrdPath = initrd ? resolve(initrd) : useLoader ? loader.initrd : firstExisting(dir, INITRD_NAMES);
   for (const path of [kernelPath, initrdPath]) if (!existsSync(path)) throw new GuestNotBuiltError(path);
   const maps = join(dir, 'runtimes.squashfs');
   if (kernel || initrd) return { kernel: kernelPath, initrd: initrdPath, hash: 'custom' };

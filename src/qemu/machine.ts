@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AbortedError, AgentDisconnectedError, EvolvmError, QemuExitedError } from '../errors.js';
+import { AbortedError, AgentDisconnectedError, AgentTimeoutError, EvolvmError, QemuExitedError } from '../errors.js';
 import { CleanupStack } from '../util/cleanup-stack.js';
 import { step } from '../util/trace.js';
 import { hostTscKhz, kvmUsable, resolveAccelerators } from './accel.js';
@@ -113,7 +113,11 @@ export class Machine implements AsyncDisposable {
       const lifecycle = new Lifecycle();
       const started = await step('qemu → qmp + agent hello', () =>
         raceExit(process, 'boot', connectChannels(config, paths, process, cleanup, options.signal)),
-      );
+      ).catch((error: unknown) => {
+        // A guest that never says hello may have said why on its console (a kernel panic, the loader's message).
+        if (!(error instanceof AgentTimeoutError) || error.consoleTail !== undefined) throw error;
+        throw new AgentTimeoutError(error.operation, error.timeoutMs, { cause: error.cause, consoleTail: process.diagnosticTail() });
+      });
       lifecycle.send({ type: 'BOOTED' });
       return new Machine({ id: randomUUID(), config, image, paths, ramShared: true, process, lifecycle, cleanup, ...started });
     } catch (error) {

@@ -68,6 +68,20 @@ describe('bad input fails with a typed error and leaves nothing behind', () => {
     expect(qemuProcessesUnder(runDir)).toEqual([]);
   });
 
+  it('says on the console why pvh-loader stopped when its initrd is not a boot image', async () => {
+    const guest = process.env.EVOLVM_GUEST_DIR ?? join(process.cwd(), 'guest', 'out', 'x86_64');
+    const error = await Machine.boot({
+      runDir,
+      kernel: join(guest, 'pvh-loader.elf'),
+      initrd: join(guest, 'initramfs.cpio'),
+      bootTimeoutMs: 3_000,
+    }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(AgentTimeoutError);
+    expect((error as AgentTimeoutError).consoleTail).toMatch(/evolvm pvh-loader: initrd is not a boot image/);
+    expect((error as Error).message).toMatch(/console tail/);
+    expect(qemuProcessesUnder(runDir)).toEqual([]);
+  });
+
   it('turns QEMU killed from outside during an exec into a QEMU-exited error', async () => {
     const vm = await Machine.boot({ runDir });
     const pending = vm.exec(['sleep', '60']);

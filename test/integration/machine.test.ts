@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GuestOperationError, Machine } from '../../src/index.js';
+import { ramRomRanges } from '../../src/snapshot/rom-ranges.js';
 import { expectNoLeaks, testRunDir } from '../helpers/leaks.js';
 
 const runDir = testRunDir('machine');
@@ -21,6 +22,18 @@ describe('a booted machine', () => {
     expect(vm.hello.kernel).toMatch(/cloud-amd64/);
     expect(vm.hello.ops).toEqual(expect.arrayContaining(['ping', 'exec', 'file_write', 'file_read', 'set_clock', 'reseed']));
     expect(vm.state).toBe('running');
+  });
+
+  it('boots through pvh-loader: the kernel is no ROM blob that a snapshot-load would write back over RAM', async () => {
+    expect(vm.image.kernel).toMatch(/pvh-loader\.elf$/);
+    expect(vm.image.initrd).toMatch(/boot\.img$/);
+    const roms = await vm.qmp.execute<string>('human-monitor-command', { 'command-line': 'info roms' });
+    const ranges = ramRomRanges(roms, vm.config.memoryMiB * 1024 * 1024) ?? [];
+    const bytes = ranges.reduce((sum, range) => sum + range.length, 0);
+    // The loader and its stack only (~46 KiB), not the kernel's ~46 MiB.
+    expect(bytes).toBeGreaterThan(0);
+    expect(bytes).toBeLessThan(256 * 1024);
+    expect(vm.hello.kernel).toMatch(/cloud-amd64/);
   });
 
   it('answers ping', async () => {

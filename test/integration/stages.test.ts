@@ -36,8 +36,18 @@ async function exists(stage: Stage, path: string): Promise<boolean> {
   return (await stage.exec(['test', '-e', path])).exitCode === 0;
 }
 
+// A zombie (killed, not yet reaped by the agent) counts as gone.
 async function processAlive(stage: Stage, pid: number): Promise<boolean> {
-  return (await stage.exec(['kill', '-0', String(pid)])).exitCode === 0;
+  return (await stage.exec(['sh', '-c', `grep -q '^State:[[:space:]]*[^Z]' /proc/${pid}/status`])).exitCode === 0;
+}
+
+/** Kills a guest process and waits (bounded) until it is gone. */
+async function killAndWait(stage: Stage, pid: number): Promise<void> {
+  await stage.exec(['kill', String(pid)]);
+  for (const deadline = Date.now() + 5_000; Date.now() < deadline; ) {
+    if (!(await processAlive(stage, pid))) return;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
 }
 
 function snapshotsInScratch(stage: Stage): string[] {
@@ -87,7 +97,7 @@ describe('evolve and devolve restore guest state exactly', () => {
     const runtime = await root.evolve(loadRuntime({ kind: 'shell' }));
     const { pid } = runtime.runtime;
     const code = await runtime.evolve(loadCode(ADD));
-    await code.exec(['kill', String(pid)]);
+    await killAndWait(code, pid);
     expect(await processAlive(code, pid)).toBe(false);
     const restored = await code.devolve();
     expect(await processAlive(restored, pid)).toBe(true);
