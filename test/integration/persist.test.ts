@@ -224,6 +224,31 @@ describe('forks from a template', () => {
   }, 180_000);
 });
 
+describe('RNG of clones', () => {
+  // Entropy added to a ready CRNG reaches it only at its next scheduled reseed (the kernel waits up to 60 s, and
+  // at least half the uptime early on); a template persisted right after a reseed would give its clones the same
+  // bytes until then, unless the restore forces the reseed.
+  it('differs between clones even when the template reseeded its CRNG just before it was persisted', async () => {
+    const template = await KernelBooted.fromSnapshot(store, 'booted', { runDir }, { hostFunctions: [echo], ram: 'copy' });
+    try {
+      // A read reseeds the CRNG when its seed is old; either way its seed is now recent.
+      await template.exec(['sh', '-c', 'head -c 16 /dev/urandom >/dev/null']);
+      await template.persist(store, 'rng-template');
+    } finally {
+      await template.close();
+    }
+    const clones = await KernelBooted.fork(store, 'rng-template', 2, { runDir }, { hostFunctions: [echo] });
+    try {
+      const random = await Promise.all(clones.map(async (c) => (await c.exec(['sh', '-c', 'head -c 16 /dev/urandom | od -An -tx1'])).stdout));
+      expect(random[0]).toMatch(/[0-9a-f]{2}/);
+      expect(random[0]).not.toBe(random[1]);
+    } finally {
+      await Promise.all(clones.map((c) => c.close()));
+    }
+    await store.delete('rng-template');
+  }, 120_000);
+});
+
 describe('tampered snapshots', () => {
   it('refuses a manifest that claims another QEMU version', async () => {
     const { store: tampered, id } = await copyClaimingOldQemu('booted');
