@@ -26,6 +26,7 @@ import { Lifecycle, type LifecycleState } from './lifecycle.js';
 import { QemuProcess } from './qemu-process.js';
 import { QmpClient, waitMigration } from './qmp/index.js';
 import { createScratchDisk } from './scratch-disk.js';
+import { streamFileToSocket } from './migration-stream.js';
 import { saveRamImage } from './ram-image.js';
 import { reapOrphanRunDirs, RUN_DIR_PREFIX, writeRunDirRecord } from './run-dir-reaper.js';
 import { runPaths, type RunPaths } from './run-paths.js';
@@ -150,7 +151,7 @@ export class Machine implements AsyncDisposable {
       await writeRunDirRecord(paths.dir, process.pid);
       const lifecycle = new Lifecycle();
       const started = await step('qemu → device state → agent hello', () =>
-        raceExit(process, 'restore', connectChannels(config, paths, process, cleanup, options.signal, (qmp) => loadDeviceState(qmp, config, source, options.signal))),
+        raceExit(process, 'restore', connectChannels(config, paths, process, cleanup, options.signal, (qmp) => loadDeviceState(qmp, config, paths, source, options.signal))),
       );
       lifecycle.send({ type: 'BOOTED' });
       return new Machine({ id: randomUUID(), config, image, paths, ramShared: copy, process, lifecycle, cleanup, ...started });
@@ -384,7 +385,13 @@ export interface RestoreSource {
  * Loads a restoring QEMU's device state and resumes the guest (the source was paused when it saved, so QEMU
  * does not resume by itself). A failed load makes QEMU exit.
  */
-async function loadDeviceState(qmp: QmpClient, config: MachineConfig, source: RestoreSource, signal: AbortSignal | undefined): Promise<void> {
+async function loadDeviceState(
+  qmp: QmpClient,
+  config: MachineConfig,
+  paths: RunPaths,
+  source: RestoreSource,
+  signal: AbortSignal | undefined,
+): Promise<void> {
   const bounds = { timeoutMs: config.qmpTimeoutMs, signal };
   // The source saved with x-ignore-shared: RAM is not in the stream, it is the mapped image. The capability
   // stays on: this machine's own in-VM snapshots and persists rely on it (see InVmSnapshots).
@@ -395,14 +402,17 @@ async function loadDeviceState(qmp: QmpClient, config: MachineConfig, source: Re
       { capability: 'events', state: true },
     ],
   }, bounds);
-  await qmp.execute('migrate-incoming', { uri: `exec:tail -c +${source.deviceStateOffset + 1} ${shellQuote(source.ramImage)}` }, bounds);
-  await waitMigration(qmp, { ...bounds, pollMs: 5 });
+  // QEMU listens before the command returns; the stream is fed from here (no shell forked by QEMU).
+  await qmp.execute('migrate-incoming', { uri: `unix:${paths.incomingSocket}` }, bounds);
+  const stream = streamFileToSocket(source.ramImage, source.deviceStateOffset, paths.incomingSocket);
+  try {
+    await waitMigration(qmp, { ...bounds, pollMs: 5 });
+    await stream.done;
+  } finally {
+    stream.destroy();
+    await rm(paths.incomingSocket, { force: true });
+  }
   await qmp.execute('cont', {}, bounds);
-}
-
-/** Quotes a path for the shell QEMU runs `exec:` migration URIs with. */
-export function shellQuote(path: string): string {
-  return `'${path.replaceAll("'", `'\\''`)}'`;
 }
 
 /**

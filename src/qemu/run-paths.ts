@@ -5,6 +5,9 @@ export interface RunPaths {
   readonly dir: string;
   readonly qmpSocket: string;
   readonly agentSocket: string;
+  /** Where QEMU listens for a restore's device state, and where a persist's `migrate` sends its own. */
+  readonly incomingSocket: string;
+  readonly migrationSocket: string;
   readonly consoleLog: string;
   /** qcow2 holding in-VM snapshots' vmstate; not visible to the guest. */
   readonly scratchDisk: string;
@@ -19,6 +22,8 @@ export function runPaths(dir: string, shmDir = '/dev/shm'): RunPaths {
     dir,
     qmpSocket: join(dir, 'qmp.sock'),
     agentSocket: join(dir, 'agent.sock'),
+    incomingSocket: join(dir, 'incoming.sock'),
+    migrationSocket: join(dir, 'migration.sock'),
     consoleLog: join(dir, 'console.log'),
     scratchDisk: join(dir, 'scratch.qcow2'),
     dataDisk: join(dir, 'data.qcow2'),

@@ -1,7 +1,8 @@
 import { join } from 'node:path';
 import { execa } from 'execa';
 
-import { shellQuote, type Machine } from '../qemu/machine.js';
+import type { Machine } from '../qemu/machine.js';
+import { receiveSocketToFile } from '../qemu/migration-stream.js';
 import { saveRamImage } from '../qemu/ram-image.js';
 import { waitMigration } from '../qemu/qmp/index.js';
 import { resolveQemuImg } from '../qemu/scratch-disk.js';
@@ -39,8 +40,15 @@ export async function persistMachineState(
     await qmp.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED_BANDWIDTH }, bounds);
     await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] }, bounds);
     // Left on: in-VM snapshots of this machine keep RAM in image files too (see InVmSnapshots).
-    await qmp.execute('migrate', { uri: `exec:cat >> ${shellQuote(files.vmstate)}` }, bounds);
-    await waitMigration(qmp, bounds);
+    // QEMU connects to a socket served from here, which appends to the file (no shell forked by QEMU).
+    const incoming = await receiveSocketToFile(paths.migrationSocket, files.vmstate);
+    try {
+      await qmp.execute('migrate', { uri: `unix:${paths.migrationSocket}` }, bounds);
+      await waitMigration(qmp, bounds);
+      await incoming.done;
+    } finally {
+      await incoming.close();
+    }
     // The guest is stopped, and stopping flushed QEMU's caches, so the file is consistent for qemu-img.
     const args = ['convert', '-U', '-q', '-f', 'qcow2', '-O', 'qcow2'];
     if (options.parentDisk) args.push('-B', options.parentDisk, '-F', 'qcow2');
