@@ -1,7 +1,8 @@
-import { readdirSync } from 'node:fs';
-import { basename } from 'node:path';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { KernelBooted, loadCode, loadRuntime, sandboxOf, StagePoisonedError, type Stage } from '../../src/index.js';
+import { FsSnapshotStore, KernelBooted, loadCode, loadRuntime, sandboxOf, StagePoisonedError, type Stage } from '../../src/index.js';
 import { expectNoLeaks, qemuProcessesUnder, testRunDir } from '../helpers/leaks.js';
 
 const runDir = testRunDir('stage-faults');
@@ -84,6 +85,34 @@ describe('QEMU dying under a stage operation', () => {
     await code.close();
     expect(qemuProcessesUnder(runDir)).toEqual([]);
     expect(ramImagesOf(code)).toEqual([]);
+  });
+
+  it("during a persist's migration: the persist fails typed, the store keeps nothing of it, nothing leaks", async () => {
+    const storeDir = mkdtempSync(join(tmpdir(), 'evolvm-fault-store-'));
+    try {
+      const store = await FsSnapshotStore.open(storeDir);
+      const booted = await KernelBooted.boot({ runDir });
+      const { machine } = sandboxOf(booted);
+      // QEMU dies just as it is told to migrate into the socket the persist serves.
+      const execute = machine.qmp.execute.bind(machine.qmp);
+      machine.qmp.execute = ((command: string, ...rest: unknown[]) => {
+        if (command === 'migrate') {
+          expect(existsSync(machine.paths.migrationSocket)).toBe(true);
+          process.kill(machine.pid, 'SIGKILL');
+        }
+        return (execute as (...args: unknown[]) => Promise<unknown>)(command, ...rest);
+      }) as typeof machine.qmp.execute;
+      const error = await booted.persist(store, 'never').catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(StagePoisonedError);
+      await expectPoisoned([booted]);
+      expect(existsSync(machine.paths.migrationSocket)).toBe(false);
+      await booted.close();
+      expect(await store.list()).toEqual([]);
+      expect(readdirSync(storeDir).filter((name) => !name.startsWith('.'))).toEqual([]);
+      expect(qemuProcessesUnder(runDir)).toEqual([]);
+    } finally {
+      rmSync(storeDir, { recursive: true, force: true });
+    }
   });
 
   it('at rest: every live and stale stage object is poisoned and says why', async () => {
