@@ -5,6 +5,7 @@ import { bytesOnDisk, closeAll, ms, openBenchStore, pssMiB } from './support.js'
 const persist: Metric = { name: 'persist', unit: 'ms' };
 const snapshotSizeRatio: Metric = { name: 'snapshot-size-ratio', unit: 'x', target: { op: '<=', value: 0.4 } };
 const warmStart: Metric = { name: 'warm-start', unit: 'ms' };
+const warmStartPooled: Metric = { name: 'warm-start-pooled', unit: 'ms' };
 const fork16: Metric = { name: 'fork-16', unit: 'ms', target: { op: '<=', value: 3_000 } };
 const forkPss: Metric = { name: 'fork-pss', unit: 'MiB', target: { op: '<=', value: 40 } };
 
@@ -20,14 +21,16 @@ const TEMPLATE = 'kb';
  * - `snapshot-size-ratio`: allocated bytes of each persisted snapshot's files / guest RAM bytes;
  * - `warm-start`: `KernelBooted.fromSnapshot(store, 'kb')` until it returns (agent answered, identity
  *   refreshed); the close after it is not timed;
+ * - `warm-start-pooled`: `pool.take()` from `KernelBooted.pool(store, 'kb', 2)`, each after the pool is full again
+ *   (QEMU already started and waiting), until it returns; close not timed;
  * - `fork-16`: `KernelBooted.fork(store, 'kb', 16)` until all 16 are ready;
  * - `fork-pss`: each clone's QEMU PSS, read right after the fork returned (16 samples per fork).
  * The template `kb` is the first persist and is not timed (it warms the store and the page cache).
  */
 export const persistenceGroup: BenchGroup = {
-  metrics: [persist, snapshotSizeRatio, warmStart, fork16, forkPss],
+  metrics: [persist, snapshotSizeRatio, warmStart, warmStartPooled, fork16, forkPss],
   async run({ runs, runDir, signal, log, wants }) {
-    const samples = { persist: [] as number[], size: [] as number[], warm: [] as number[], fork: [] as number[], pss: [] as number[] };
+    const samples = { persist: [] as number[], size: [] as number[], warm: [] as number[], pooled: [] as number[], fork: [] as number[], pss: [] as number[] };
     const bench = await openBenchStore();
     try {
       const { store } = bench;
@@ -72,6 +75,28 @@ export const persistenceGroup: BenchGroup = {
         }
       }
 
+      if (wants(warmStartPooled.name)) {
+        const n = runs(5);
+        const pool = await KernelBooted.pool(store, TEMPLATE, 2, { runDir }, { signal });
+        try {
+          for (let i = 1; i <= n; i++) {
+            signal.throwIfAborted();
+            // Timed once the pool is full again: a take as a caller that does not start sandboxes back to back sees it.
+            for (let wait = 0; wait < 200 && pool.ready < pool.size; wait++) await new Promise((resolve) => setTimeout(resolve, 25));
+            const start = performance.now();
+            const taken = await pool.take({ signal });
+            try {
+              samples.pooled.push(since(start));
+            } finally {
+              await taken.close();
+            }
+            log(`warm-start-pooled ${i}/${n}: ${ms(samples.pooled.at(-1)!)} ms`);
+          }
+        } finally {
+          await pool.close();
+        }
+      }
+
       if (wants(fork16.name) || wants(forkPss.name)) {
         const n = runs(3);
         for (let i = 1; i <= n; i++) {
@@ -96,6 +121,7 @@ export const persistenceGroup: BenchGroup = {
     if (samples.persist.length > 0) results.push(resultOf(persist, samples.persist));
     results.push(resultOf(snapshotSizeRatio, samples.size));
     if (samples.warm.length > 0) results.push(resultOf(warmStart, samples.warm));
+    if (samples.pooled.length > 0) results.push(resultOf(warmStartPooled, samples.pooled));
     if (samples.fork.length > 0) results.push(resultOf(fork16, samples.fork), resultOf(forkPss, samples.pss));
     return results;
   },

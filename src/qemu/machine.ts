@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AbortedError, AgentDisconnectedError, AgentTimeoutError, EvolvmError, QemuExitedError } from '../errors.js';
+import { AbortedError, AgentDisconnectedError, AgentTimeoutError, EvolvmError, OperationNotAllowedError, QemuExitedError } from '../errors.js';
 import { CleanupStack } from '../util/cleanup-stack.js';
 import { step } from '../util/trace.js';
 import { hostTscKhz, kvmUsable, resolveAccelerators } from './accel.js';
@@ -131,11 +131,23 @@ export class Machine implements AsyncDisposable {
    * Starts a machine from a persisted snapshot instead of booting: its RAM maps the snapshot's RAM image
    * copy-on-write (the image is never written), QEMU loads the device state given by `-incoming` and runs, and
    * its disk is a fresh qcow2 overlay over the snapshot's layer. Restoring is its own list of steps:
-   * run directory → scratch disk + overlay → QEMU (incoming, then running) → QMP and agent hello.
+   * {@link prepareRestore} (run directory → scratch disk + overlay → QEMU waiting for its device state → QMP),
+   * then {@link PreparedRestore.start} (device state → running → agent hello).
    * The caller refreshes the guest's clock, RNG and identity.
    * @throws the errors of {@link boot}, and {@link QmpCommandError} when the migration fails.
    */
   static async restore(input: MachineConfigInput, source: RestoreSource, options: BootOptions = {}): Promise<Machine> {
+    const prepared = await Machine.prepareRestore(input, source, options);
+    return prepared.start(options);
+  }
+
+  /**
+   * The first half of {@link restore}, which can run ahead of need (a warm pool): QEMU is started and waits,
+   * with QMP connected, for the device state. Call {@link PreparedRestore.start} to run it, or
+   * {@link PreparedRestore.discard}.
+   * @throws the errors of {@link boot} (QEMU missing, exiting at start-up, an invalid config, the signal).
+   */
+  static async prepareRestore(input: MachineConfigInput, source: RestoreSource, options: BootOptions = {}): Promise<PreparedRestore> {
     const config = parseMachineConfig(input);
     const image = resolveGuestImage(config.kernel, config.initrd);
     const cleanup = new CleanupStack();
@@ -149,12 +161,11 @@ export class Machine implements AsyncDisposable {
       const ram = copy ? { path: paths.ramFile, share: true } : { path: source.ramImage, share: false };
       const process = spawnQemu(config, image, paths, cleanup, { incoming: true, ram });
       await writeRunDirRecord(paths.dir, process.pid);
-      const lifecycle = new Lifecycle();
-      const started = await step('qemu → device state → agent hello', () =>
-        raceExit(process, 'restore', connectChannels(config, paths, process, cleanup, options.signal, (qmp) => loadDeviceState(qmp, config, paths, source, options.signal))),
+      const qmp = await step('qemu → qmp', () =>
+        raceExit(process, 'restore', QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal: options.signal })),
       );
-      lifecycle.send({ type: 'BOOTED' });
-      return new Machine({ id: randomUUID(), config, image, paths, ramShared: copy, process, lifecycle, cleanup, ...started });
+      cleanup.defer('qmp', () => qmp.close());
+      return new PreparedRestore({ config, image, paths, ramShared: copy, process, cleanup, qmp }, source, (parts) => new Machine(parts));
     } catch (error) {
       await cleanup.dispose();
       throw error;
@@ -365,6 +376,72 @@ function spawnQemu(
   return process;
 }
 
+/**
+ * A restore started ahead of need ({@link Machine.prepareRestore}): QEMU is running, waiting for its device state,
+ * with QMP connected. Use it once: {@link start} it, or {@link discard} it.
+ */
+export class PreparedRestore {
+  readonly #parts: Omit<MachineParts, 'id' | 'lifecycle' | 'agent'>;
+  readonly #source: RestoreSource;
+  readonly #make: (parts: MachineParts) => Machine;
+  #used = false;
+
+  /** @internal Made by {@link Machine.prepareRestore}. */
+  constructor(parts: Omit<MachineParts, 'id' | 'lifecycle' | 'agent'>, source: RestoreSource, make: (parts: MachineParts) => Machine) {
+    this.#parts = parts;
+    this.#source = source;
+    this.#make = make;
+  }
+
+  /** QEMU's process id. */
+  get pid(): number {
+    return this.#parts.process.pid;
+  }
+
+  /** Whether QEMU is still there to start (it may have died while waiting). */
+  get alive(): boolean {
+    return this.#parts.process.exitInfo === undefined;
+  }
+
+  /**
+   * Loads the device state, runs the guest and waits for the agent's hello.
+   * @throws {OperationNotAllowedError} when already started or discarded.
+   * @throws {QemuExitedError}, {@link QmpCommandError}, {@link AgentTimeoutError}, {@link AbortedError}; the
+   * prepared machine is then gone (QEMU stopped, its files removed).
+   */
+  async start(options: BootOptions = {}): Promise<Machine> {
+    this.#use('start');
+    const { config, paths, process, cleanup, qmp } = this.#parts;
+    try {
+      const lifecycle = new Lifecycle();
+      const started = await step('qemu → device state → agent hello', () =>
+        raceExit(
+          process,
+          'restore',
+          connectChannels(config, paths, process, cleanup, options.signal, (client) => loadDeviceState(client, config, paths, this.#source, options.signal), qmp),
+        ),
+      );
+      lifecycle.send({ type: 'BOOTED' });
+      return this.#make({ ...this.#parts, id: randomUUID(), lifecycle, ...started });
+    } catch (error) {
+      await cleanup.dispose();
+      throw error;
+    }
+  }
+
+  /** Stops QEMU and removes the machine's files. Idempotent after a discard; a no-op after a start. */
+  async discard(): Promise<void> {
+    if (this.#used) return;
+    this.#used = true;
+    await this.#parts.cleanup.dispose();
+  }
+
+  #use(operation: string): void {
+    if (this.#used) throw new OperationNotAllowedError(`${operation} of a prepared restore`, 'already started or discarded');
+    this.#used = true;
+  }
+}
+
 /** Where a restored machine's state comes from (a persisted snapshot's files). */
 export interface RestoreSource {
   /** The guest RAM image, mapped copy-on-write; the device state follows it in the same file. */
@@ -418,7 +495,8 @@ async function loadDeviceState(
 /**
  * Connects QMP and the agent at the same time. A restore passes `restore`, which runs on the QMP client as soon
  * as it is connected (the device-state load) while the agent queues a request for a fresh hello (the guest said
- * its own before it was saved). If QMP or `restore` fails, the wait for the agent stops at once.
+ * its own before it was saved). If QMP or `restore` fails, the wait for the agent stops at once. `connected`:
+ * a QMP client connected before (a prepared restore), used instead of connecting.
  */
 async function connectChannels(
   config: MachineConfig,
@@ -427,14 +505,15 @@ async function connectChannels(
   cleanup: CleanupStack,
   signal: AbortSignal | undefined,
   restore?: (qmp: QmpClient) => Promise<void>,
+  connected?: QmpClient,
 ): Promise<{ qmp: QmpClient; agent: AgentSession }> {
   const qmpFailed = new AbortController();
   const agentSignal = signal ? AbortSignal.any([signal, qmpFailed.signal]) : qmpFailed.signal;
   const agentPromise = connectAgent(config, paths, process, agentSignal, restore !== undefined);
   const qmpPromise = (async () => {
-    const qmp = await QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal });
+    const qmp = connected ?? (await QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal }));
     // Registered as soon as it exists, even if the agent fails.
-    cleanup.defer('qmp', () => qmp.close());
+    if (!connected) cleanup.defer('qmp', () => qmp.close());
     await restore?.(qmp);
     return qmp;
   })();

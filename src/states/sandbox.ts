@@ -13,7 +13,7 @@ import {
   TransitionFailedError,
 } from '../errors.js';
 import type { MachineConfigInput } from '../qemu/config.js';
-import { Machine } from '../qemu/machine.js';
+import { Machine, type PreparedRestore } from '../qemu/machine.js';
 import { InVmSnapshots } from '../snapshot/in-vm-snapshots.js';
 import type { Transition } from '../transitions/transition.js';
 import { withDeadline } from '../util/deadline.js';
@@ -73,6 +73,29 @@ export interface RestoreOptions {
    * is its own), which makes it like a booted sandbox: it can be persisted, for example as the next layer.
    */
   ram?: 'copy-on-write' | 'copy';
+}
+
+/** A sandbox restore half done ({@link Sandbox.prepareRestore}); what a warm pool keeps ready. */
+export interface PreparedSandboxRestore<S extends Stage = Stage> {
+  readonly stageClass: StageClass<S>;
+  readonly store: SnapshotStore;
+  readonly id: string;
+  readonly manifest: SnapshotManifest;
+  readonly extra: z.infer<typeof PersistedExtraSchema>;
+  readonly hostFunctions: HostFunctionSet;
+  readonly lease: { release(): Promise<void> };
+  readonly machine: PreparedRestore;
+}
+
+/** Thrown by {@link Sandbox.prepareRestore} when `fallback: 'cold-boot'` applies; {@link Sandbox.restore} catches it. */
+class FallbackNeeded extends Error {
+  constructor(
+    readonly reason: SnapshotMismatchError,
+    readonly manifest: SnapshotManifest,
+    readonly config: MachineConfigInput,
+  ) {
+    super('cold-boot fallback', { cause: reason });
+  }
 }
 
 /** How a sandbox came to be. */
@@ -288,6 +311,30 @@ export class Sandbox {
     if (options.ram !== undefined && options.ram !== 'copy' && options.ram !== 'copy-on-write') {
       throw new ConfigInvalidError([{ path: 'ram', message: "expected 'copy-on-write' or 'copy'", value: options.ram }]);
     }
+    let prepared: PreparedSandboxRestore<S>;
+    try {
+      prepared = await Sandbox.prepareRestore(stageClass, store, ref, config, options);
+    } catch (error) {
+      if (!(error instanceof FallbackNeeded)) throw error;
+      options.onFallback?.(error.reason);
+      return await Sandbox.#replay(stageClass, error.manifest, ref, error.reason, error.config, options);
+    }
+    return Sandbox.startPrepared(prepared, options);
+  }
+
+  /**
+   * The first half of {@link restore}: the snapshot leased and checked, QEMU started and waiting for its device
+   * state. {@link startPrepared} finishes it; {@link discardPrepared} gives it up (and releases the lease).
+   * With `options.fallback`, a snapshot that cannot be loaded here throws a {@link FallbackNeeded}.
+   * @throws as {@link restore}.
+   */
+  static async prepareRestore<S extends Stage>(
+    stageClass: StageClass<S>,
+    store: SnapshotStore,
+    ref: string,
+    config: ReturnType<typeof parseRestoreConfig>,
+    options: RestoreOptions,
+  ): Promise<PreparedSandboxRestore<S>> {
     const lease = await store.lease(ref, options);
     try {
       const { manifest, paths, id } = lease.snapshot;
@@ -302,41 +349,65 @@ export class Sandbox {
         });
       } catch (error) {
         if (options.fallback !== 'cold-boot' || !(error instanceof SnapshotMismatchError)) throw error;
-        await lease.release();
-        options.onFallback?.(error);
-        return await Sandbox.#replay(stageClass, manifest, ref, error, { ...config, memoryMiB: manifest.memoryMiB, cpus: extra.cpus }, options);
+        throw new FallbackNeeded(error, manifest, { ...config, memoryMiB: manifest.memoryMiB, cpus: extra.cpus });
       }
       const hostFunctions = new HostFunctionSet(options.hostFunctions ?? []);
       hostFunctions.assertSupersetOf(manifest.hostFunctions as unknown as HostFunctionSignature[], `restore ${ref}`);
-      const machine = await Machine.restore(
+      const machine = await Machine.prepareRestore(
         machineConfig,
         { ramImage: paths.vmstate, deviceStateOffset: extra.deviceStateOffset, diskLayer: paths.disk, ram: options.ram },
         options,
       );
-      machine.deferCleanup('snapshot lease', () => lease.release());
-      const sandbox = new Sandbox(machine, hostFunctions);
-      sandbox.#origin = { kind: 'snapshot', snapshot: id };
-      try {
-        await step('identity', () =>
-          Promise.all([machine.refreshIdentity(options), machine.writeFile('/run/evolvm/sandbox-id', sandbox.id, { mkdirs: true })]),
-        );
-      } catch (error) {
-        await machine.stop();
-        throw error;
-      }
-      let parent: LineageNode | undefined;
-      manifest.stage.lineage.forEach((entry, index) => {
-        const last = index === manifest.stage.lineage.length - 1;
-        // Ancestors have no snapshot in this sandbox; their classes are needed only for their names.
-        const cls: StageClass = last ? stageClass : { stageName: entry.stage, prototype: stageClass.prototype };
-        const transition = entry.transition ? { name: entry.transition, args: entry.args } : undefined;
-        parent = { ...sandbox.#newNode(cls, parent, extra.lineageData[index] ?? null, transition), hostFunctions: manifest.hostFunctions as unknown as HostFunctionSignature[] };
-      });
-      parent!.persisted = { store, id };
-      return sandbox.#enter(parent!) as S;
+      return { stageClass, store, id, manifest, extra, hostFunctions, lease, machine };
     } catch (error) {
       await lease.release();
       throw error;
+    }
+  }
+
+  /**
+   * Finishes a prepared restore: the guest runs, then gets its identity (sandbox id, clock, RNG).
+   * @throws those of {@link PreparedRestore.start} and of the identity requests; the prepared machine and its
+   * lease are released then.
+   */
+  static async startPrepared<S extends Stage>(prepared: PreparedSandboxRestore<S>, options: RestoreOptions = {}): Promise<S> {
+    const { stageClass, store, id, manifest, extra, hostFunctions, lease } = prepared;
+    let machine: Machine;
+    try {
+      machine = await prepared.machine.start(options);
+    } catch (error) {
+      await lease.release();
+      throw error;
+    }
+    machine.deferCleanup('snapshot lease', () => lease.release());
+    const sandbox = new Sandbox(machine, hostFunctions);
+    sandbox.#origin = { kind: 'snapshot', snapshot: id };
+    try {
+      await step('identity', () =>
+        Promise.all([machine.refreshIdentity(options), machine.writeFile('/run/evolvm/sandbox-id', sandbox.id, { mkdirs: true })]),
+      );
+    } catch (error) {
+      await machine.stop();
+      throw error;
+    }
+    let parent: LineageNode | undefined;
+    manifest.stage.lineage.forEach((entry, index) => {
+      const last = index === manifest.stage.lineage.length - 1;
+      // Ancestors have no snapshot in this sandbox; their classes are needed only for their names.
+      const cls: StageClass = last ? stageClass : { stageName: entry.stage, prototype: stageClass.prototype };
+      const transition = entry.transition ? { name: entry.transition, args: entry.args } : undefined;
+      parent = { ...sandbox.#newNode(cls, parent, extra.lineageData[index] ?? null, transition), hostFunctions: manifest.hostFunctions as unknown as HostFunctionSignature[] };
+    });
+    parent!.persisted = { store, id };
+    return sandbox.#enter(parent!) as S;
+  }
+
+  /** Gives up a prepared restore: QEMU stopped, its files removed, the lease released. */
+  static async discardPrepared(prepared: PreparedSandboxRestore): Promise<void> {
+    try {
+      await prepared.machine.discard();
+    } finally {
+      await prepared.lease.release();
     }
   }
 

@@ -6,6 +6,7 @@ import type { SnapshotInfo, SnapshotStore } from '../snapshot/store/snapshot-sto
 import type { RestoreConfigInput } from '../qemu/config.js';
 // A cycle (sandbox.ts imports this module too) that is safe: each side uses the other only inside functions.
 import { Sandbox, type LineageNode, type PersistOptions, type RestoreOptions } from './sandbox.js';
+import { SandboxPool } from './sandbox-pool.js';
 
 /** ready: the sandbox is in this stage; consumed: it was evolved or devolved; poisoned: the sandbox is gone. */
 export type StageStatus = 'ready' | 'consumed' | 'poisoned';
@@ -193,6 +194,22 @@ export abstract class Stage<Data = unknown> implements AsyncDisposable, GuestAcc
     options?: RestoreOptions,
   ): Promise<S[]> {
     return Sandbox.fork(this, store, ref, count, config, options);
+  }
+
+  /**
+   * Opens a warm pool: `size` sandboxes in this stage kept ready to start from one persisted snapshot (QEMU
+   * started and waiting), so that each {@link SandboxPool.take} skips QEMU's start-up.
+   * @throws see {@link SandboxPool.open}.
+   */
+  static pool<S extends Stage>(
+    this: StageClass<S>,
+    store: SnapshotStore,
+    ref: string,
+    size: number,
+    config?: RestoreConfigInput,
+    options?: RestoreOptions,
+  ): Promise<SandboxPool<S>> {
+    return SandboxPool.open(this, store, ref, size, config, options);
   }
 
   /** Stops the sandbox (every stage object of it becomes poisoned with reason "closed"). Idempotent. */

@@ -5,8 +5,11 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import {
+  ConfigInvalidError,
   defineHostFunction,
   FsSnapshotStore,
+  OperationNotAllowedError,
+  SnapshotLockedError,
   HostFunctionsMismatchError,
   KernelBooted,
   loadCode,
@@ -17,7 +20,7 @@ import {
   UserCodeLoaded,
   type Stage,
 } from '../../src/index.js';
-import { expectNoLeaks, testRunDir } from '../helpers/leaks.js';
+import { expectNoLeaks, qemuProcessesUnder, testRunDir } from '../helpers/leaks.js';
 
 const runDir = testRunDir('persist');
 const storeDir = mkdtempSync(join(tmpdir(), 'evolvm-test-store-'));
@@ -222,6 +225,66 @@ describe('forks from a template', () => {
     expect(fileDigests((await store.get('runtime')).id)).toEqual(before);
     await expect(store.verify('runtime')).resolves.toMatchObject({ name: 'runtime' });
   }, 180_000);
+});
+
+describe('a warm pool', () => {
+  it('keeps sandboxes ready, starts each with its own identity, and replaces the ones taken', async () => {
+    const before = qemuProcessesUnder(runDir).length;
+    const pool = await UserCodeLoaded.pool(store, 'code', 2, { runDir }, { hostFunctions: [echo] });
+    const taken: UserCodeLoaded[] = [];
+    try {
+      for (let i = 0; i < 100 && pool.ready < 2; i++) await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(pool.ready).toBe(2);
+      // Waiting, not yet running: two more QEMUs than before.
+      expect(qemuProcessesUnder(runDir)).toHaveLength(before + 2);
+      for (let i = 0; i < 3; i++) taken.push(await pool.take());
+      expect(new Set(taken.map((s) => s.sandboxId)).size).toBe(3);
+      for (const sandbox of taken) {
+        expect(sandbox).toBeInstanceOf(UserCodeLoaded);
+        expect((await sandbox.readFile('/run/evolvm/sandbox-id')).toString()).toBe(sandbox.sandboxId);
+        expect(await sandbox.call('hello', 'pool')).toBe('hello pool\n');
+      }
+      const random = await Promise.all(taken.map(async (s) => (await s.exec(['sh', '-c', 'head -c 16 /dev/urandom | od -An -tx1'])).stdout));
+      expect(new Set(random).size).toBe(3);
+      // The snapshot is leased while the pool holds ready sandboxes.
+      await expect(store.delete('code')).rejects.toBeInstanceOf(SnapshotLockedError);
+    } finally {
+      await Promise.all(taken.map((s) => s.close()));
+      await pool.close();
+    }
+    expect(qemuProcessesUnder(runDir)).toHaveLength(before);
+    await expect(pool.take()).rejects.toBeInstanceOf(OperationNotAllowedError);
+    expect(readdirSync(join(storeDir, '.locks')).filter((f) => f.includes('.lease-'))).toEqual([]);
+  }, 120_000);
+
+  it('drops a ready sandbox whose QEMU died while waiting, and starts another', async () => {
+    const before = new Set(qemuProcessesUnder(runDir));
+    const pool = await KernelBooted.pool(store, 'booted', 1, { runDir }, { hostFunctions: [echo] });
+    try {
+      const waiting = qemuProcessesUnder(runDir).filter((line) => !before.has(line));
+      expect(waiting).toHaveLength(1);
+      process.kill(Number(waiting[0]!.split(' ')[0]), 'SIGKILL');
+      for (let i = 0; i < 50 && qemuProcessesUnder(runDir).length > before.size; i++) await new Promise((resolve) => setTimeout(resolve, 20));
+      const sandbox = await pool.take();
+      try {
+        expect((await sandbox.exec(['true'])).exitCode).toBe(0);
+      } finally {
+        await sandbox.close();
+      }
+    } finally {
+      await pool.close();
+    }
+    expect(qemuProcessesUnder(runDir)).toHaveLength(before.size);
+  }, 60_000);
+
+  it('refuses a size out of range and a cold-boot fallback, starting nothing', async () => {
+    for (const size of [0, 1.5, 65]) {
+      await expect(KernelBooted.pool(store, 'booted', size, { runDir })).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [{ path: 'size' }] });
+    }
+    await expect(KernelBooted.pool(store, 'booted', 1, { runDir }, { fallback: 'cold-boot' })).rejects.toBeInstanceOf(ConfigInvalidError);
+    await expect(RuntimeLoaded.pool(store, 'booted', 1, { runDir })).rejects.toBeInstanceOf(SnapshotMismatchError);
+    expect(readdirSync(join(storeDir, '.locks')).filter((f) => f.includes('.lease-'))).toEqual([]);
+  });
 });
 
 describe('RNG of clones', () => {
