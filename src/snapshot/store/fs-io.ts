@@ -73,13 +73,20 @@ export async function readBounded(
   if (!opened.ok) return opened;
   try {
     if (opened.stats.size > maxBytes) return { ok: false, problem: 'too-large' };
-    // One byte more than the bound, so a file that grew after fstat is caught too.
-    const buffer = Buffer.alloc(maxBytes + 1);
+    // Sized to the file plus one byte, grown (up to the bound plus one) if the file grew after fstat: zeroing the
+    // whole bound on every read cost page faults on each snapshot lease.
+    let buffer = Buffer.alloc(Math.min(opened.stats.size, maxBytes) + 1);
     let length = 0;
-    while (length < buffer.length) {
+    for (;;) {
       const { bytesRead } = await opened.handle.read(buffer, length, buffer.length - length, length);
       if (bytesRead === 0) break;
       length += bytesRead;
+      if (length === buffer.length) {
+        if (buffer.length > maxBytes) break;
+        const grown = Buffer.alloc(Math.min(buffer.length * 2, maxBytes + 1));
+        buffer.copy(grown, 0, 0, length);
+        buffer = grown;
+      }
     }
     if (length > maxBytes) return { ok: false, problem: 'too-large' };
     return { ok: true, bytes: buffer.subarray(0, length) };
