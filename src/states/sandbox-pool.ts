@@ -1,7 +1,7 @@
 import { ConfigInvalidError, OperationNotAllowedError, QemuExitedError } from '../errors.js';
 import { parseRestoreConfig, type RestoreConfigInput } from '../qemu/config.js';
 import type { SnapshotStore } from '../snapshot/store/snapshot-store.js';
-import { Sandbox, type PreparedSandboxRestore, type RestoreOptions } from './sandbox.js';
+import { Sandbox, type RestoreOptions, type RunningSandboxRestore } from './sandbox.js';
 import type { Stage, StageClass } from './stage.js';
 
 /** The most sandboxes a pool keeps ready: each is a running QEMU. */
@@ -9,10 +9,12 @@ export const MAX_POOL_SIZE = 64;
 
 /**
  * Sandboxes kept ready to start from one persisted snapshot, for callers that start many over time. Each ready
- * one is a QEMU already started and waiting for its device state, with its disk overlay made, QMP connected and
- * the snapshot leased (so the snapshot cannot be deleted or collected under it). {@link take} only loads the
- * device state, runs the guest and gives it its identity, which skips QEMU's start-up (about 100–130 ms of a
- * ~270 ms warm start on a 2-core TCG host). A taken sandbox is replaced in the background.
+ * one is a guest already restored and running, idle, without an identity: its disk overlay made, the snapshot
+ * leased (so it cannot be deleted or collected under it), and its identity requests run once with a throwaway
+ * id, so that their code is translated (under TCG a restored guest starts with an empty translation cache).
+ * {@link take} gives it its identity (a new sandbox id, the guest clock set, its RNG reseeded), which takes a few
+ * milliseconds instead of a restore's ~250 on a 2-core TCG host. A taken sandbox is replaced in the background,
+ * once it has started. What a ready sandbox costs: a running, idle QEMU with its own copy of the pages it wrote.
  *
  * @example
  * ```ts
@@ -27,7 +29,7 @@ export class SandboxPool<S extends Stage> implements AsyncDisposable {
   readonly #size: number;
   readonly #config: ReturnType<typeof parseRestoreConfig>;
   readonly #options: RestoreOptions;
-  readonly #ready: PreparedSandboxRestore<S>[] = [];
+  readonly #ready: RunningSandboxRestore<S>[] = [];
   readonly #filling = new Set<Promise<void>>();
   #closed = false;
   #lastError: unknown;
@@ -66,7 +68,7 @@ export class SandboxPool<S extends Stage> implements AsyncDisposable {
     // The caller's signal bounds opening; prepared sandboxes outlive it.
     const { signal, ...kept } = options;
     const pool = new SandboxPool(stageClass, store, ref, size, config, kept);
-    pool.#ready.push(await Sandbox.prepareRestore(stageClass, store, ref, config, { ...kept, signal }));
+    pool.#ready.push(await pool.#prepare({ ...kept, signal }));
     pool.#fill();
     return pool;
   }
@@ -89,27 +91,24 @@ export class SandboxPool<S extends Stage> implements AsyncDisposable {
    */
   async take(options: { signal?: AbortSignal } = {}): Promise<S> {
     if (this.#closed) throw new OperationNotAllowedError(`take from the pool of ${this.#ref}`, 'closed');
-    let prepared = this.#ready.shift();
-    // One whose QEMU died while waiting (killed from outside, say) is dropped.
-    while (prepared && !prepared.machine.alive) {
-      await Sandbox.discardPrepared(prepared);
-      prepared = this.#ready.shift();
-    }
     const startOptions = { ...this.#options, ...options };
     try {
-      if (prepared) {
+      for (;;) {
+        const ready = this.#ready.shift();
+        if (!ready) break;
+        if (ready.running.exitError) {
+          // Its QEMU died while it waited (killed from outside, say).
+          await ready.running.stop();
+          continue;
+        }
         try {
-          return await Sandbox.startPrepared(prepared, startOptions);
+          return await Sandbox.adoptRunning(ready, startOptions);
         } catch (error) {
-          // Its QEMU may have died while it waited, unseen yet; one fresh try tells that from a snapshot that
-          // kills QEMU (which fails again).
+          // It may have died just now, unseen yet; a fresh one tells that from a failure of this take.
           if (!(error instanceof QemuExitedError) || options.signal?.aborted) throw error;
         }
       }
-      return await Sandbox.startPrepared(
-        await Sandbox.prepareRestore(this.#stageClass, this.#store, this.#ref, this.#config, startOptions),
-        startOptions,
-      );
+      return await Sandbox.adoptRunning(await this.#prepare(startOptions), startOptions);
     } finally {
       // Replacements start once this one runs: on a small host they would compete with it for CPU.
       this.#fill();
@@ -121,7 +120,7 @@ export class SandboxPool<S extends Stage> implements AsyncDisposable {
     this.#closed = true;
     await Promise.allSettled([...this.#filling]);
     const ready = this.#ready.splice(0);
-    await Promise.all(ready.map((prepared) => Sandbox.discardPrepared(prepared)));
+    await Promise.all(ready.map((restored) => restored.running.stop()));
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -133,13 +132,19 @@ export class SandboxPool<S extends Stage> implements AsyncDisposable {
     return this.#lastError;
   }
 
+  /** A restored, running, warmed-up guest without an identity. */
+  async #prepare(options: RestoreOptions): Promise<RunningSandboxRestore<S>> {
+    const prepared = await Sandbox.prepareRestore(this.#stageClass, this.#store, this.#ref, this.#config, options);
+    return Sandbox.runPrepared(prepared, { ...options, warm: true });
+  }
+
   /** Starts background preparations until ready + in progress reaches the size. A failure is kept, not retried. */
   #fill(): void {
     while (!this.#closed && this.#ready.length + this.#filling.size < this.#size) {
-      const filling: Promise<void> = Sandbox.prepareRestore(this.#stageClass, this.#store, this.#ref, this.#config, this.#options).then(
-        async (prepared) => {
-          if (this.#closed) await Sandbox.discardPrepared(prepared);
-          else this.#ready.push(prepared);
+      const filling: Promise<void> = this.#prepare(this.#options).then(
+        async (restored) => {
+          if (this.#closed) await restored.running.stop();
+          else this.#ready.push(restored);
         },
         (error: unknown) => {
           this.#lastError = error;

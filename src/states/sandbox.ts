@@ -87,6 +87,14 @@ export interface PreparedSandboxRestore<S extends Stage = Stage> {
   readonly machine: PreparedRestore;
 }
 
+/** A restored guest running without an identity yet ({@link Sandbox.runPrepared}). */
+export interface RunningSandboxRestore<S extends Stage = Stage> extends Omit<PreparedSandboxRestore<S>, 'machine'> {
+  readonly running: Machine;
+}
+
+/** Where the guest finds its sandbox id. */
+const SANDBOX_ID_PATH = '/run/evolvm/sandbox-id';
+
 /** Thrown by {@link Sandbox.prepareRestore} when `fallback: 'cold-boot'` applies; {@link Sandbox.restore} catches it. */
 class FallbackNeeded extends Error {
   constructor(
@@ -324,7 +332,8 @@ export class Sandbox {
 
   /**
    * The first half of {@link restore}: the snapshot leased and checked, QEMU started and waiting for its device
-   * state. {@link startPrepared} finishes it; {@link discardPrepared} gives it up (and releases the lease).
+   * state. {@link startPrepared} (or {@link runPrepared} then {@link adoptRunning}) finishes it; to give it up,
+   * discard its machine and release its lease.
    * With `options.fallback`, a snapshot that cannot be loaded here throws a {@link FallbackNeeded}.
    * @throws as {@link restore}.
    */
@@ -371,20 +380,52 @@ export class Sandbox {
    * lease are released then.
    */
   static async startPrepared<S extends Stage>(prepared: PreparedSandboxRestore<S>, options: RestoreOptions = {}): Promise<S> {
-    const { stageClass, store, id, manifest, extra, hostFunctions, lease } = prepared;
+    return Sandbox.adoptRunning(await Sandbox.runPrepared(prepared, options), options);
+  }
+
+  /**
+   * Runs a prepared restore's guest, without an identity yet: what a warm pool keeps ready. With `warm`, the
+   * guest also runs the identity requests once (a throwaway id), so that their code is translated (under TCG a
+   * restored guest starts with an empty translation cache) and {@link adoptRunning} is a few ms.
+   * @throws those of {@link PreparedRestore.start}; the prepared machine and its lease are released then.
+   */
+  static async runPrepared<S extends Stage>(
+    prepared: PreparedSandboxRestore<S>,
+    options: RestoreOptions & { warm?: boolean } = {},
+  ): Promise<RunningSandboxRestore<S>> {
     let machine: Machine;
     try {
       machine = await prepared.machine.start(options);
     } catch (error) {
-      await lease.release();
+      await prepared.lease.release();
       throw error;
     }
-    machine.deferCleanup('snapshot lease', () => lease.release());
+    machine.deferCleanup('snapshot lease', () => prepared.lease.release());
+    if (options.warm) {
+      try {
+        await step('identity warm-up', () =>
+          Promise.all([machine.refreshIdentity(options), machine.writeFile(SANDBOX_ID_PATH, 'pooled', { mkdirs: true })]),
+        );
+      } catch (error) {
+        await machine.stop();
+        throw error;
+      }
+    }
+    return { ...prepared, running: machine };
+  }
+
+  /**
+   * Makes a sandbox of a restored, running guest: a new sandbox id (also written to the guest), the guest clock
+   * set and its RNG reseeded, the snapshot's lineage.
+   * @throws the identity requests' errors; the machine is stopped then.
+   */
+  static async adoptRunning<S extends Stage>(restored: RunningSandboxRestore<S>, options: RestoreOptions = {}): Promise<S> {
+    const { stageClass, store, id, manifest, extra, hostFunctions, running: machine } = restored;
     const sandbox = new Sandbox(machine, hostFunctions);
     sandbox.#origin = { kind: 'snapshot', snapshot: id };
     try {
       await step('identity', () =>
-        Promise.all([machine.refreshIdentity(options), machine.writeFile('/run/evolvm/sandbox-id', sandbox.id, { mkdirs: true })]),
+        Promise.all([machine.refreshIdentity(options), machine.writeFile(SANDBOX_ID_PATH, sandbox.id, { mkdirs: true })]),
       );
     } catch (error) {
       await machine.stop();
@@ -400,15 +441,6 @@ export class Sandbox {
     });
     parent!.persisted = { store, id };
     return sandbox.#enter(parent!) as S;
-  }
-
-  /** Gives up a prepared restore: QEMU stopped, its files removed, the lease released. */
-  static async discardPrepared(prepared: PreparedSandboxRestore): Promise<void> {
-    try {
-      await prepared.machine.discard();
-    } finally {
-      await prepared.lease.release();
-    }
   }
 
   /**

@@ -235,7 +235,7 @@ describe('a warm pool', () => {
     try {
       for (let i = 0; i < 100 && pool.ready < 2; i++) await new Promise((resolve) => setTimeout(resolve, 50));
       expect(pool.ready).toBe(2);
-      // Waiting, not yet running: two more QEMUs than before.
+      // Restored and idle, waiting for an identity: two more QEMUs than before.
       expect(qemuProcessesUnder(runDir)).toHaveLength(before + 2);
       for (let i = 0; i < 3; i++) taken.push(await pool.take());
       expect(new Set(taken.map((s) => s.sandboxId)).size).toBe(3);
