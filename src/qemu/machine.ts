@@ -393,16 +393,6 @@ export class PreparedRestore {
     this.#make = make;
   }
 
-  /** QEMU's process id. */
-  get pid(): number {
-    return this.#parts.process.pid;
-  }
-
-  /** Whether QEMU is still there to start (it may have died while waiting). */
-  get alive(): boolean {
-    return this.#parts.process.exitInfo === undefined;
-  }
-
   /**
    * Loads the device state, runs the guest and waits for the agent's hello.
    * @throws {OperationNotAllowedError} when already started or discarded.

@@ -127,7 +127,7 @@ export class SandboxPool<S extends Stage> implements AsyncDisposable {
     await this.close();
   }
 
-  /** The error of the latest background preparation that failed, if any (the next take prepares anew). */
+  /** The error of the latest background preparation, if it failed (the next take prepares anew). */
   get lastError(): unknown {
     return this.#lastError;
   }
@@ -138,11 +138,15 @@ export class SandboxPool<S extends Stage> implements AsyncDisposable {
     return Sandbox.runPrepared(prepared, { ...options, warm: true });
   }
 
-  /** Starts background preparations until ready + in progress reaches the size. A failure is kept, not retried. */
+  /**
+   * Starts background preparations until ready + in progress reaches the size. A failure is kept in
+   * {@link lastError}, not retried: only {@link open} and {@link take} fill, so a broken snapshot cannot spin.
+   */
   #fill(): void {
     while (!this.#closed && this.#ready.length + this.#filling.size < this.#size) {
       const filling: Promise<void> = this.#prepare(this.#options).then(
         async (restored) => {
+          this.#lastError = undefined;
           if (this.#closed) await restored.running.stop();
           else this.#ready.push(restored);
         },
@@ -152,8 +156,6 @@ export class SandboxPool<S extends Stage> implements AsyncDisposable {
       );
       this.#filling.add(filling);
       void filling.finally(() => this.#filling.delete(filling));
-      // One failed preparation ends this round of filling, so a broken snapshot does not spin.
-      if (this.#lastError !== undefined) break;
     }
   }
 }

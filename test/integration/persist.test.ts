@@ -15,11 +15,13 @@ import {
   loadCode,
   loadRuntime,
   RuntimeLoaded,
+  Sandbox,
   sandboxOf,
   SnapshotMismatchError,
   UserCodeLoaded,
   type Stage,
 } from '../../src/index.js';
+import { parseRestoreConfig } from '../../src/qemu/config.js';
 import { expectNoLeaks, qemuProcessesUnder, testRunDir } from '../helpers/leaks.js';
 
 const runDir = testRunDir('persist');
@@ -276,6 +278,16 @@ describe('a warm pool', () => {
     }
     expect(qemuProcessesUnder(runDir)).toHaveLength(before.size);
   }, 60_000);
+
+  it('builds on prepared restores, which start once or are discarded without leaving anything', async () => {
+    const before = qemuProcessesUnder(runDir).length;
+    const prepared = await Sandbox.prepareRestore(KernelBooted, store, 'booted', parseRestoreConfig({ runDir }), { hostFunctions: [echo] });
+    expect(qemuProcessesUnder(runDir)).toHaveLength(before + 1);
+    await prepared.machine.discard();
+    await prepared.lease.release();
+    await expect(prepared.machine.start()).rejects.toBeInstanceOf(OperationNotAllowedError);
+    expect(qemuProcessesUnder(runDir)).toHaveLength(before);
+  });
 
   it('refuses a size out of range and a cold-boot fallback, starting nothing', async () => {
     for (const size of [0, 1.5, 65]) {
