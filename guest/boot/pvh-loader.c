@@ -115,8 +115,14 @@ uint32_t load_kernel(const struct hvm_start_info *firmware) {
 	if (header.run_count > BLOB_MAX_RUNS) fail("boot image has too many runs");
 	dma_read(0, runs, header.run_count * sizeof runs[0]);
 	uint64_t end = sizeof header + (uint64_t)header.run_count * sizeof runs[0];
-	for (uint32_t i = 0; i < header.run_count; i++) end += runs[i].length;
+	int entry_in_runs = 0;
+	for (uint32_t i = 0; i < header.run_count; i++) {
+		if (runs[i].length == 0) fail("boot image has an empty run");
+		end += runs[i].length;
+		if (header.entry >= runs[i].address && header.entry - runs[i].address < runs[i].length) entry_in_runs = 1;
+	}
 	if (end > header.initramfs_offset || header.initramfs_offset > size) fail("boot image runs overrun the initramfs");
+	if (!entry_in_runs) fail("boot image entry is outside its runs");
 
 	extern char __loader_start[], __loader_end[];
 	for (uint32_t i = 0; i < header.run_count; i++) {

@@ -68,16 +68,35 @@ describe('bad input fails with a typed error and leaves nothing behind', () => {
     expect(qemuProcessesUnder(runDir)).toEqual([]);
   });
 
-  it('says on the console why pvh-loader stopped when its initrd is not a boot image', async () => {
-    const guest = process.env.EVOLVM_GUEST_DIR ?? join(process.cwd(), 'guest', 'out', 'x86_64');
-    const error = await Machine.boot({
-      runDir,
-      kernel: join(guest, 'pvh-loader.elf'),
-      initrd: join(guest, 'initramfs.cpio'),
-      bootTimeoutMs: 3_000,
-    }).catch((e: unknown) => e);
+  const guestDir = process.env.EVOLVM_GUEST_DIR ?? join(process.cwd(), 'guest', 'out', 'x86_64');
+  /** A boot image (guest/boot/kernel-blob.h) that announces `count` runs, the first ones given, and no bytes. */
+  const badImage = (name: string, count: number, runs: [address: number, length: number][], entry = 0x1000000) => {
+    const header = Buffer.alloc(4096);
+    header.write('EVKBLOB1', 0);
+    header.writeUInt32LE(entry, 8);
+    header.writeUInt32LE(count, 12);
+    header.writeUInt32LE(4096, 16);
+    runs.forEach(([address, length], i) => {
+      header.writeUInt32LE(address, 24 + i * 8);
+      header.writeUInt32LE(length, 28 + i * 8);
+    });
+    const path = join(runDir, `${name}.img`);
+    writeFileSync(path, Buffer.concat([header, Buffer.from('070701')]));
+    return path;
+  };
+  it.each([
+    ['its initrd is not a boot image', () => join(guestDir, 'initramfs.cpio'), /initrd is not a boot image/],
+    ['its boot image announces more runs than the loader takes', () => badImage('many', 5000, []), /too many runs/],
+    ['its boot image has an empty run', () => badImage('empty', 300, []), /has an empty run/],
+    ['its boot image runs overrun the initramfs', () => badImage('overrun', 1, [[0x1000000, 100_000]]), /runs overrun the initramfs/],
+    ['its boot image entry is outside its runs', () => badImage('entry', 1, [[0x1000000, 1000]], 0x2000000), /entry is outside its runs/],
+  ])('says on the console why pvh-loader stopped when %s', async (_why, initrd, message) => {
+    const error = await Machine.boot({ runDir, kernel: join(guestDir, 'pvh-loader.elf'), initrd: initrd(), bootTimeoutMs: 2_500 }).catch(
+      (e: unknown) => e,
+    );
     expect(error).toBeInstanceOf(AgentTimeoutError);
-    expect((error as AgentTimeoutError).consoleTail).toMatch(/evolvm pvh-loader: initrd is not a boot image/);
+    expect((error as AgentTimeoutError).consoleTail).toMatch(/evolvm pvh-loader: /);
+    expect((error as AgentTimeoutError).consoleTail).toMatch(message);
     expect((error as Error).message).toMatch(/console tail/);
     expect(qemuProcessesUnder(runDir)).toEqual([]);
   });
