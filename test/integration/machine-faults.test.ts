@@ -1,4 +1,5 @@
-import { chmodSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
@@ -13,8 +14,11 @@ import {
 import { expectNoLeaks, qemuProcessesUnder, testRunDir } from '../helpers/leaks.js';
 
 const runDir = testRunDir('faults');
+// Bad boot images made below live apart from the run directory, which must end up empty.
+const imageDir = mkdtempSync(join(tmpdir(), 'evolvm-bad-boot-'));
 
 afterAll(async () => {
+  rmSync(imageDir, { recursive: true, force: true });
   await expectNoLeaks(runDir);
 });
 
@@ -80,7 +84,7 @@ describe('bad input fails with a typed error and leaves nothing behind', () => {
       header.writeUInt32LE(address, 24 + i * 8);
       header.writeUInt32LE(length, 28 + i * 8);
     });
-    const path = join(runDir, `${name}.img`);
+    const path = join(imageDir, `${name}.img`);
     writeFileSync(path, Buffer.concat([header, Buffer.from('070701')]));
     return path;
   };
