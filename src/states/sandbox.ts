@@ -95,6 +95,19 @@ export interface RunningSandboxRestore<S extends Stage = Stage> extends Omit<Pre
 /** Where the guest finds its sandbox id. */
 const SANDBOX_ID_PATH = '/run/evolvm/sandbox-id';
 
+/**
+ * Gives a restored guest its identity: `id` written where the guest finds it, the clock set, the RNG reseeded.
+ * @throws the requests' errors; the machine is stopped then.
+ */
+async function giveIdentity(machine: Machine, id: string, options: RestoreOptions): Promise<void> {
+  try {
+    await Promise.all([machine.refreshIdentity(options), machine.writeFile(SANDBOX_ID_PATH, id, { mkdirs: true })]);
+  } catch (error) {
+    await machine.stop();
+    throw error;
+  }
+}
+
 /** Thrown by {@link Sandbox.prepareRestore} when `fallback: 'cold-boot'` applies; {@link Sandbox.restore} catches it. */
 class FallbackNeeded extends Error {
   constructor(
@@ -401,16 +414,7 @@ export class Sandbox {
       throw error;
     }
     machine.deferCleanup('snapshot lease', () => prepared.lease.release());
-    if (options.warm) {
-      try {
-        await step('identity warm-up', () =>
-          Promise.all([machine.refreshIdentity(options), machine.writeFile(SANDBOX_ID_PATH, 'pooled', { mkdirs: true })]),
-        );
-      } catch (error) {
-        await machine.stop();
-        throw error;
-      }
-    }
+    if (options.warm) await step('identity warm-up', () => giveIdentity(machine, 'pooled', options));
     return { ...prepared, running: machine };
   }
 
@@ -423,14 +427,7 @@ export class Sandbox {
     const { stageClass, store, id, manifest, extra, hostFunctions, running: machine } = restored;
     const sandbox = new Sandbox(machine, hostFunctions);
     sandbox.#origin = { kind: 'snapshot', snapshot: id };
-    try {
-      await step('identity', () =>
-        Promise.all([machine.refreshIdentity(options), machine.writeFile(SANDBOX_ID_PATH, sandbox.id, { mkdirs: true })]),
-      );
-    } catch (error) {
-      await machine.stop();
-      throw error;
-    }
+    await step('identity', () => giveIdentity(machine, sandbox.id, options));
     let parent: LineageNode | undefined;
     manifest.stage.lineage.forEach((entry, index) => {
       const last = index === manifest.stage.lineage.length - 1;
