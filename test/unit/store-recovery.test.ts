@@ -85,6 +85,21 @@ describe('recovery on open and gc', () => {
     expect((error as unknown as SnapshotExistsError).existingId).toBeNull();
   });
 
+  it("commits with the writer's owner record until the rename, and gc removes one a killed writer left in its snapshot", async () => {
+    const store = await FsSnapshotStore.open(root);
+    const done = await store.create('owned', writerOf());
+    const snapshotDir = join(root, done.id);
+    expect((await readdir(snapshotDir)).sort()).toEqual(['disk', 'manifest.json', 'vmstate']);
+    // A writer killed between the commit and removing its record; a live one's record stays.
+    await writeFile(join(snapshotDir, '.owner'), owner(DEAD_PID));
+    const report = await store.gc();
+    expect(report.removed).toEqual([{ kind: 'owner', path: join(snapshotDir, '.owner') }]);
+    expect((await readdir(snapshotDir)).sort()).toEqual(['disk', 'manifest.json', 'vmstate']);
+    await writeFile(join(snapshotDir, '.owner'), owner(process.pid));
+    expect((await store.gc()).removed).toEqual([]);
+    await expect(store.verify('owned')).resolves.toMatchObject({ name: 'owned' });
+  });
+
   it('rebuilds a lost name index from the manifests, and drops entries that point nowhere', async () => {
     const store = await FsSnapshotStore.open(root);
     const a = await store.create('a', writerOf());

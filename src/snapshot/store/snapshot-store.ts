@@ -112,7 +112,7 @@ export interface SnapshotLease extends AsyncDisposable {
 
 /** What `gc` removed or repaired. */
 export interface GcReport {
-  readonly removed: ReadonlyArray<{ readonly kind: 'staging' | 'trash' | 'temp' | 'lock' | 'name'; readonly path: string }>;
+  readonly removed: ReadonlyArray<{ readonly kind: 'staging' | 'trash' | 'temp' | 'lock' | 'name' | 'owner'; readonly path: string }>;
   /** Names whose index entry was missing for a committed snapshot and has been re-created. */
   readonly restoredNames: readonly string[];
 }
@@ -310,13 +310,15 @@ export class FsSnapshotStore implements SnapshotStore {
         label,
       );
       await writeNewFile(join(staging, MANIFEST_FILE), serializeManifest(manifest), 0o444);
-      await unlink(join(staging, OWNER_FILE));
       await fsyncDir(staging);
       throwIfAborted(signal, `snapshot create ${name}`);
-      // The commit point: a complete, fsynced directory appears under its id in one step.
+      // The commit point: a complete, fsynced directory appears under its id in one step. The owner record goes
+      // only after it: a staging directory without one is kept for the stale bound (a kill between removing it
+      // and the rename left such a directory behind for 15 minutes).
       await rename(staging, this.#layout.snapshotDir(id));
       committed = true;
       await fsyncDir(this.#layout.root);
+      await removeOwnerRecord(this.#layout.snapshotDir(id));
     } catch (error) {
       await cleanup.dispose();
       throw error;
@@ -432,6 +434,17 @@ export class FsSnapshotStore implements SnapshotStore {
         }
         await removeQuietly(trash);
         removed.push({ kind: 'staging', path });
+      }
+    }
+    // A writer killed between its commit and removing its owner record left that record in the snapshot: not a
+    // file of the snapshot (nothing reads it there), only clutter.
+    for (const id of await this.#ids()) {
+      const dir = this.#layout.snapshotDir(id);
+      const read = await readBounded(join(dir, OWNER_FILE), MAX_RECORD_BYTES);
+      const owner = read.ok ? decodeOwner(read.bytes) : null;
+      if (read.ok && (!owner || livenessOf(owner) !== 'alive')) {
+        await removeOwnerRecord(dir);
+        removed.push({ kind: 'owner', path: join(dir, OWNER_FILE) });
       }
     }
     for (const entry of await readdir(this.#layout.tempDir)) {
@@ -597,6 +610,17 @@ export class FsSnapshotStore implements SnapshotStore {
     if (liveness === 'alive') return false;
     return now - stats.mtimeMs > this.#staleAfterMs;
   }
+}
+
+/** Removes a committed snapshot's owner record (written for its staging directory), if it is still there. */
+async function removeOwnerRecord(dir: string): Promise<void> {
+  try {
+    await unlink(join(dir, OWNER_FILE));
+  } catch (error) {
+    if (errnoOf(error) !== 'ENOENT') throw error;
+    return;
+  }
+  await fsyncDir(dir);
 }
 
 /** Removes a tree for gc; a failure (another process removing it too) leaves it for the next gc. */
