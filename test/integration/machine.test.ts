@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GuestOperationError, Machine } from '../../src/index.js';
+import { qemuEnvironment } from '../../src/qemu/qemu-process.js';
 import { ramRomRanges } from '../../src/snapshot/rom-ranges.js';
 import { expectNoLeaks, testRunDir } from '../helpers/leaks.js';
 
@@ -34,6 +36,13 @@ describe('a booted machine', () => {
     expect(bytes).toBeGreaterThan(0);
     expect(bytes).toBeLessThan(256 * 1024);
     expect(vm.hello.kernel).toMatch(/cloud-amd64/);
+  });
+
+  it('runs QEMU with malloc on transparent huge pages (through the setpriv wrapper)', async () => {
+    const environ = (await readFile(`/proc/${vm.pid}/environ`, 'utf8')).split('\0');
+    expect(environ).toContain(`GLIBC_TUNABLES=${qemuEnvironment().GLIBC_TUNABLES}`);
+    expect(environ.find((entry) => entry.startsWith('GLIBC_TUNABLES='))).toMatch(/glibc\.malloc\.hugetlb=/);
+    expect(environ).toContain('LC_ALL=C');
   });
 
   it('answers ping', async () => {
