@@ -5,6 +5,7 @@
 export type ErrorCode =
   | 'CONFIG_INVALID'
   | 'QEMU_NOT_FOUND'
+  | 'QEMU_START_FAILED'
   | 'GUEST_NOT_BUILT'
   | 'QEMU_EXITED'
   | 'QMP_COMMAND_FAILED'
@@ -56,6 +57,14 @@ export class QemuNotFoundError extends EvolvmError {
   readonly installHint = 'install QEMU: apt-get install qemu-system-x86 qemu-utils';
   constructor(readonly binary: string, options?: { cause?: unknown }) {
     super(`QEMU binary not found: ${binary} (install QEMU: apt-get install qemu-system-x86 qemu-utils)`, options);
+  }
+}
+
+/** QEMU could not be started at all: the fork, the exec or its stderr file failed. Nothing was left running. */
+export class QemuStartError extends EvolvmError {
+  readonly code = 'QEMU_START_FAILED' as const;
+  constructor(readonly reason: string, options?: { cause?: unknown }) {
+    super(`QEMU could not be started: ${reason}`, options);
   }
 }
 
@@ -292,6 +301,7 @@ export function isFatal(error: EvolvmError): boolean {
       return true;
     case 'CONFIG_INVALID':
     case 'QEMU_NOT_FOUND':
+    case 'QEMU_START_FAILED':
     case 'GUEST_NOT_BUILT':
     case 'QMP_COMMAND_FAILED':
     case 'AGENT_TIMEOUT':

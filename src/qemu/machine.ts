@@ -109,7 +109,7 @@ export class Machine implements AsyncDisposable {
     const cleanup = new CleanupStack();
     try {
       const paths = await prepareRunDir(config, cleanup);
-      const process = spawnQemu(config, image, paths, cleanup, {});
+      const process = await spawnQemu(config, image, paths, cleanup, {});
       await writeRunDirRecord(paths.dir, process.pid);
       const lifecycle = new Lifecycle();
       const started = await step('qemu → qmp + agent hello', () =>
@@ -159,7 +159,7 @@ export class Machine implements AsyncDisposable {
         await step('RAM image → RAM file', () => saveRamImage(source.ramImage, paths.ramFile, config.memoryMiB * 1024 * 1024));
       }
       const ram = copy ? { path: paths.ramFile, share: true } : { path: source.ramImage, share: false };
-      const process = spawnQemu(config, image, paths, cleanup, { incoming: true, ram });
+      const process = await spawnQemu(config, image, paths, cleanup, { incoming: true, ram });
       await writeRunDirRecord(paths.dir, process.pid);
       const qmp = await step('qemu → qmp', () =>
         raceExit(process, 'restore', QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal: options.signal })),
@@ -352,13 +352,13 @@ async function createRunDir(config: MachineConfig, cleanup: CleanupStack): Promi
   return runPaths(dir);
 }
 
-function spawnQemu(
+async function spawnQemu(
   config: MachineConfig,
   image: GuestImage,
   paths: RunPaths,
   cleanup: CleanupStack,
   restore: Pick<QemuLaunch, 'incoming' | 'ram'>,
-): QemuProcess {
+): Promise<QemuProcess> {
   const argv = buildQemuArgv({
     config,
     kernel: image.kernel,
@@ -371,7 +371,7 @@ function spawnQemu(
   });
   // QEMU creates a booted machine's RAM file; a restored one maps the snapshot's image or a copy made before.
   if (!restore.ram) cleanup.defer('ram file', () => rm(paths.ramFile, { force: true }));
-  const process = QemuProcess.spawn(config.qemuBinary, argv, { consoleLog: paths.consoleLog, killGraceMs: config.killGraceMs });
+  const process = await QemuProcess.spawn(config.qemuBinary, argv, { consoleLog: paths.consoleLog, stderrLog: paths.stderrLog, killGraceMs: config.killGraceMs });
   cleanup.defer('qemu process', () => process.kill());
   return process;
 }

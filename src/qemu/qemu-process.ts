@@ -1,12 +1,10 @@
 import { accessSync, constants, openSync, readSync, closeSync, fstatSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import { execa, type ResultPromise } from 'execa';
-import { QemuNotFoundError } from '../errors.js';
+import { execa } from 'execa';
+import { QemuNotFoundError, QemuStartError } from '../errors.js';
+import { SpawnHelper, type ExitInfo } from './spawn-helper.js';
 
-export interface ExitInfo {
-  readonly exitCode: number | null;
-  readonly signal: string | null;
-}
+export type { ExitInfo };
 
 const STDERR_TAIL_BYTES = 8 * 1024;
 
@@ -55,10 +53,54 @@ export function qemuEnvironment(parent: NodeJS.ProcessEnv = process.env): Record
   return { LC_ALL: 'C', GLIBC_TUNABLES: tunables.join(':') };
 }
 
+/** The parent's environment with `env` over it, as a directly spawned child gets it. */
+function fullEnvironment(env: Readonly<Record<string, string>>): Record<string, string> {
+  const full: Record<string, string> = {};
+  for (const [name, value] of Object.entries(process.env)) if (value !== undefined) full[name] = value;
+  return Object.assign(full, env);
+}
+
+/** How QEMU is started: through the shared spawn helper (default where perl exists), or by Node's own spawn. */
+export type QemuLauncher = 'helper' | 'direct';
+
+let helper: SpawnHelper | undefined;
+let perlPath: { path: string | undefined } | undefined;
+
+/** The spawn helper, started on first use and again if it died; undefined where perl is missing. */
+function spawnHelper(): SpawnHelper | undefined {
+  if (!perlPath) {
+    let path: string | undefined;
+    try {
+      path = resolveExecutable('perl');
+    } catch {
+      path = undefined;
+    }
+    perlPath = { path };
+  }
+  if (!perlPath.path) return undefined;
+  if (!helper?.alive) helper = SpawnHelper.start(perlPath.path, pdeathsigWrapper());
+  return helper;
+}
+
+export interface QemuSpawnOptions {
+  /** The guest's serial console file, whose tail explains an unexpected exit. */
+  consoleLog: string;
+  /** Where QEMU's stderr goes when the helper starts it (Node reads a directly spawned one's from a pipe). */
+  stderrLog: string;
+  killGraceMs: number;
+  /** Default: `helper` where perl is installed, else `direct`. */
+  launcher?: QemuLauncher;
+}
+
+/** How one QEMU is signalled, whoever started it. */
+interface Signaller {
+  signal(signal: NodeJS.Signals): void;
+}
+
 /**
- * The QEMU child process. Owned through execa: killed with SIGTERM then SIGKILL after a grace delay, and
- * killed when the Node process exits. Its serial console goes to a file; the tails of that file and of
- * stderr explain an unexpected exit.
+ * The QEMU child process: killed with SIGTERM then SIGKILL after a grace delay, and killed when the Node process
+ * exits (by the kernel's parent-death signal, which `setpriv` asks for). Its serial console goes to a file; the
+ * tails of that file and of stderr explain an unexpected exit.
  */
 export class QemuProcess {
   readonly pid: number;
@@ -66,51 +108,56 @@ export class QemuProcess {
   readonly exited: Promise<ExitInfo>;
   #exitInfo: ExitInfo | undefined;
   #stderrTail = '';
-  readonly #child: ResultPromise;
-  readonly #consoleLog: string;
+  readonly #signaller: Signaller;
+  readonly #options: QemuSpawnOptions;
+  #forceKill: NodeJS.Timeout | undefined;
 
-  private constructor(child: ResultPromise, consoleLog: string) {
-    this.#child = child;
-    this.#consoleLog = consoleLog;
-    this.pid = child.pid!;
-    child.stderr?.setEncoding('utf8');
-    child.stderr?.on('data', (text: string) => {
-      this.#stderrTail = (this.#stderrTail + text).slice(-STDERR_TAIL_BYTES);
+  private constructor(pid: number, exited: Promise<ExitInfo>, signaller: Signaller, options: QemuSpawnOptions) {
+    this.pid = pid;
+    this.#signaller = signaller;
+    this.#options = options;
+    this.exited = exited.then((info) => {
+      this.#exitInfo = info;
+      clearTimeout(this.#forceKill);
+      return info;
     });
-    this.exited = child.then(
-      (result) => {
-        this.#exitInfo = { exitCode: result.exitCode ?? null, signal: result.signal ?? null };
-        return this.#exitInfo;
-      },
-      () => {
-        this.#exitInfo = { exitCode: null, signal: null };
-        return this.#exitInfo;
-      },
-    );
   }
 
   /**
    * Spawns QEMU.
    * @throws {QemuNotFoundError} when the binary is missing or not executable.
+   * @throws {QemuStartError} when the spawn itself failed (fork, exec, the stderr file).
    */
-  static spawn(binary: string, argv: readonly string[], options: { consoleLog: string; killGraceMs: number }): QemuProcess {
+  static async spawn(binary: string, argv: readonly string[], options: QemuSpawnOptions): Promise<QemuProcess> {
     const executable = resolveExecutable(binary);
     // Exit hooks do not run when Node is SIGKILLed or crashes hard; the kernel's parent-death signal does, so a
     // QEMU never outlives the process that owns it. setpriv sets it and execs QEMU under the same pid.
     const setpriv = pdeathsigWrapper();
-    const [file, args] = setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', executable, ...argv]] : [executable, argv];
-    const child = execa(file, args, {
-      stdin: 'ignore',
-      stdout: 'ignore',
-      stderr: 'pipe',
-      buffer: false,
-      reject: false,
-      cleanup: true,
-      forceKillAfterDelay: options.killGraceMs,
-      env: qemuEnvironment(),
-    });
+    const [file, args] = setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', executable, ...argv]] : [executable, [...argv]];
+    const env = qemuEnvironment();
+    const via = options.launcher ?? (spawnHelper() ? 'helper' : 'direct');
+    if (via === 'helper') {
+      const launcher = spawnHelper();
+      if (!launcher) throw new QemuStartError('perl is not installed: the spawn helper cannot run');
+      const child = await launcher.spawn([file, ...args], fullEnvironment(env), options.stderrLog).catch((error: Error) => {
+        throw new QemuStartError(error.message, { cause: error });
+      });
+      return new QemuProcess(child.pid, child.exited, { signal: (signal) => launcher.kill(child.pid, signal) }, options);
+    }
+    const child = execa(file, args, { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', buffer: false, reject: false, cleanup: true, env });
     if (child.pid === undefined) throw new QemuNotFoundError(binary);
-    return new QemuProcess(child, options.consoleLog);
+    const exited = child.then(
+      (result): ExitInfo => ({ exitCode: result.exitCode ?? null, signal: result.signal ?? null }),
+      (): ExitInfo => ({ exitCode: null, signal: null }),
+    );
+    const process_ = new QemuProcess(child.pid, exited, { signal: (signal) => child.kill(signal) }, options);
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (text: string) => process_.#appendStderr(text));
+    return process_;
+  }
+
+  #appendStderr(text: string): void {
+    this.#stderrTail = (this.#stderrTail + text).slice(-STDERR_TAIL_BYTES);
   }
 
   /** The exit status once the process has exited, else undefined. */
@@ -120,8 +167,8 @@ export class QemuProcess {
 
   /** The end of the guest console and of QEMU's stderr, for error messages. */
   diagnosticTail(bytes = 4096): string {
-    const console = readTail(this.#consoleLog, bytes);
-    const stderr = this.#stderrTail.trim();
+    const console = readTail(this.#options.consoleLog, bytes);
+    const stderr = (this.#stderrTail || readTail(this.#options.stderrLog, STDERR_TAIL_BYTES)).trim();
     return [console.trim() && `console:\n${console.trim()}`, stderr && `qemu stderr:\n${stderr.slice(-bytes)}`]
       .filter(Boolean)
       .join('\n');
@@ -129,13 +176,16 @@ export class QemuProcess {
 
   /** SIGTERM, then SIGKILL after the grace delay; resolves once the process is gone. */
   async kill(): Promise<ExitInfo> {
-    if (!this.#exitInfo) this.#child.kill('SIGTERM');
+    if (!this.#exitInfo) {
+      this.#signaller.signal('SIGTERM');
+      this.#forceKill ??= setTimeout(() => this.#signaller.signal('SIGKILL'), this.#options.killGraceMs);
+    }
     return this.exited;
   }
 
   /** SIGKILL at once. */
   async killNow(): Promise<ExitInfo> {
-    if (!this.#exitInfo) this.#child.kill('SIGKILL');
+    if (!this.#exitInfo) this.#signaller.signal('SIGKILL');
     return this.exited;
   }
 }

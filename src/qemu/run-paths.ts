@@ -9,6 +9,8 @@ export interface RunPaths {
   readonly incomingSocket: string;
   readonly migrationSocket: string;
   readonly consoleLog: string;
+  /** QEMU's stderr, when the spawn helper started it. */
+  readonly stderrLog: string;
   /** qcow2 holding in-VM snapshots' vmstate; not visible to the guest. */
   readonly scratchDisk: string;
   /** qcow2 the guest sees as /dev/vda. */
@@ -25,6 +27,7 @@ export function runPaths(dir: string, shmDir = '/dev/shm'): RunPaths {
     incomingSocket: join(dir, 'incoming.sock'),
     migrationSocket: join(dir, 'migration.sock'),
     consoleLog: join(dir, 'console.log'),
+    stderrLog: join(dir, 'qemu-stderr.log'),
     scratchDisk: join(dir, 'scratch.qcow2'),
     dataDisk: join(dir, 'data.qcow2'),
     // Named after the run directory and its parent, so whoever owns the parent can find leftovers.

@@ -1,0 +1,129 @@
+import { constants } from 'node:os';
+import { createInterface } from 'node:readline';
+import { execa, type ResultPromise } from 'execa';
+import { SPAWN_HELPER_SCRIPT } from './spawn-helper-script.js';
+
+export interface ExitInfo {
+  readonly exitCode: number | null;
+  readonly signal: string | null;
+}
+
+/** A child the helper started. */
+export interface HelperChild {
+  readonly pid: number;
+  /** Resolves (never rejects) when the child has been reaped, or when the helper died (its children die with it). */
+  readonly exited: Promise<ExitInfo>;
+}
+
+const SIGNAL_NAMES = new Map<number, string>(Object.entries(constants.signals).map(([name, number]) => [number, name]));
+
+/** What a dead helper's children are reported as: they got the parent-death SIGKILL. */
+const HELPER_GONE: ExitInfo = { exitCode: null, signal: 'SIGKILL' };
+
+const HELPER_OPTIONS = { stdin: 'pipe', stdout: 'pipe', stderr: 'inherit', buffer: false, reject: false, cleanup: true, env: { LC_ALL: 'C' } } as const;
+
+function hex(text: string): string {
+  return Buffer.from(text, 'utf8').toString('hex');
+}
+
+/**
+ * A long-lived perl process that forks children for this Node process (see {@link SPAWN_HELPER_SCRIPT}). Node's
+ * own spawn forks all of Node (page tables of 100+ MB) and blocks the event loop until the child has exec'd:
+ * 10–45 ms per QEMU here, serialised, while a fork of 16 clones wants the loop for their handshakes.
+ */
+export class SpawnHelper {
+  readonly #process: ResultPromise<typeof HELPER_OPTIONS>;
+  readonly #starting = new Map<number, { resolve: (child: HelperChild) => void; reject: (error: Error) => void }>();
+  readonly #live = new Map<number, (info: ExitInfo) => void>();
+  #nextId = 1;
+  #dead = false;
+
+  private constructor(perl: string, wrapper: string | undefined) {
+    const [file, args] = wrapper ? [wrapper, ['--pdeathsig', 'KILL', '--', perl, '-e', SPAWN_HELPER_SCRIPT]] : [perl, ['-e', SPAWN_HELPER_SCRIPT]];
+    this.#process = execa(file, args, HELPER_OPTIONS);
+    const lines = createInterface({ input: this.#process.stdout });
+    lines.on('line', (line) => this.#onLine(line));
+    void this.#process.then(() => this.#onDeath());
+    this.#process.stdin.on('error', () => this.#onDeath());
+    this.#setRef(false);
+  }
+
+  /** Starts a helper with `perl`, under `wrapper` (setpriv, for the parent-death signal) when given. */
+  static start(perl: string, wrapper: string | undefined): SpawnHelper {
+    return new SpawnHelper(perl, wrapper);
+  }
+
+  /** False once the helper has exited; a new one must be started then. */
+  get alive(): boolean {
+    return !this.#dead;
+  }
+
+  /**
+   * Forks and execs `argv` with exactly `env`, stdin and stdout on /dev/null, stderr appended to `stderrPath`.
+   * @returns once the child has exec'd.
+   * @throws Error when the fork, the stderr file or the exec failed, or the helper is gone.
+   */
+  spawn(argv: readonly string[], env: Readonly<Record<string, string>>, stderrPath: string): Promise<HelperChild> {
+    if (this.#dead) return Promise.reject(new Error('the spawn helper has exited'));
+    const id = this.#nextId++;
+    const entries = Object.entries(env).map(([name, value]) => hex(`${name}=${value}`));
+    const line = ['spawn', id, hex(stderrPath), entries.length, ...entries, ...argv.map(hex)].join(' ');
+    return new Promise((resolve, reject) => {
+      this.#starting.set(id, { resolve, reject });
+      this.#setRef(true);
+      this.#process.stdin.write(`${line}\n`);
+    });
+  }
+
+  /** Sends `signal` to a child that has not been reaped yet (a no-op otherwise). */
+  kill(pid: number, signal: NodeJS.Signals): void {
+    if (this.#dead || !this.#live.has(pid)) return;
+    this.#process.stdin.write(`kill ${pid} ${constants.signals[signal]}\n`);
+  }
+
+  #onLine(line: string): void {
+    const [kind, a, b, c] = line.split(' ');
+    if (kind === 'spawned' || kind === 'failed') {
+      const waiter = this.#starting.get(Number(a));
+      if (!waiter) return;
+      this.#starting.delete(Number(a));
+      if (kind === 'failed') {
+        this.#unrefWhenIdle();
+        waiter.reject(new Error(Buffer.from(b ?? '', 'hex').toString('utf8')));
+        return;
+      }
+      const pid = Number(b);
+      const exited = new Promise<ExitInfo>((resolve) => this.#live.set(pid, resolve));
+      waiter.resolve({ pid, exited });
+    } else if (kind === 'exit') {
+      const pid = Number(a);
+      const settle = this.#live.get(pid);
+      if (!settle) return;
+      this.#live.delete(pid);
+      const code = Number(b);
+      settle(code < 0 ? { exitCode: null, signal: SIGNAL_NAMES.get(Number(c)) ?? `signal ${c}` } : { exitCode: code, signal: null });
+      this.#unrefWhenIdle();
+    }
+  }
+
+  #onDeath(): void {
+    if (this.#dead) return;
+    this.#dead = true;
+    for (const waiter of this.#starting.values()) waiter.reject(new Error('the spawn helper exited'));
+    this.#starting.clear();
+    for (const settle of this.#live.values()) settle(HELPER_GONE);
+    this.#live.clear();
+  }
+
+  #unrefWhenIdle(): void {
+    if (this.#starting.size === 0 && this.#live.size === 0) this.#setRef(false);
+  }
+
+  /** The helper keeps Node running only while it has children starting or alive, as directly spawned ones did. */
+  #setRef(on: boolean): void {
+    const method = on ? 'ref' : 'unref';
+    this.#process[method]();
+    (this.#process.stdout as unknown as { [key: string]: () => void })[method]?.();
+    (this.#process.stdin as unknown as { [key: string]: () => void })[method]?.();
+  }
+}

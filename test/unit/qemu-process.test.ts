@@ -1,0 +1,112 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { QemuNotFoundError, QemuStartError } from '../../src/errors.js';
+import { QemuProcess, type QemuLauncher } from '../../src/qemu/qemu-process.js';
+
+// QemuProcess starts any program; /bin/sh stands in for QEMU so that exits, signals and stderr can be chosen.
+const work = mkdtempSync(join(tmpdir(), 'evolvm-qemu-process-'));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  // A zombie is dead for our purposes.
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+let serial = 0;
+function start(launcher: QemuLauncher, script: string, killGraceMs = 500): Promise<QemuProcess> {
+  const stderrLog = join(work, `stderr-${serial++}.log`);
+  return QemuProcess.spawn('/bin/sh', ['-c', script], { consoleLog: join(work, 'no-console.log'), stderrLog, killGraceMs, launcher });
+}
+
+describe.each<QemuLauncher>(['helper', 'direct'])('a process started by the %s launcher', (launcher) => {
+  it('reports its exit code, and its stderr in the diagnostic tail', async () => {
+    const child = await start(launcher, 'echo boom >&2; exit 4');
+    await expect(child.exited).resolves.toEqual({ exitCode: 4, signal: null });
+    expect(child.exitInfo).toEqual({ exitCode: 4, signal: null });
+    expect(child.diagnosticTail()).toContain('qemu stderr:\nboom');
+  });
+
+  it("runs with QEMU's environment over the parent's", async () => {
+    const child = await start(launcher, 'echo "tunables=$GLIBC_TUNABLES lc=$LC_ALL path=${PATH:+set}" >&2');
+    await child.exited;
+    expect(child.diagnosticTail()).toContain('tunables=glibc.malloc.hugetlb=1 lc=C path=set');
+  });
+
+  it('kill() sends SIGTERM', async () => {
+    const child = await start(launcher, 'exec sleep 30');
+    await expect(child.kill()).resolves.toEqual({ exitCode: null, signal: 'SIGTERM' });
+    expect(processAlive(child.pid)).toBe(false);
+  });
+
+  it('kill() escalates to SIGKILL after the grace delay when SIGTERM is ignored', async () => {
+    const child = await start(launcher, "trap '' TERM; echo ignoring >&2; exec sleep 30", 200);
+    // Only once the trap is set: a SIGTERM before it would end the shell.
+    while (!child.diagnosticTail().includes('ignoring')) await new Promise((resolve) => setTimeout(resolve, 5));
+    const begun = Date.now();
+    await expect(child.kill()).resolves.toEqual({ exitCode: null, signal: 'SIGKILL' });
+    expect(Date.now() - begun).toBeGreaterThanOrEqual(150);
+  });
+
+  it('killNow() sends SIGKILL, and signalling an exited process is a no-op', async () => {
+    const child = await start(launcher, 'exec sleep 30');
+    await expect(child.killNow()).resolves.toEqual({ exitCode: null, signal: 'SIGKILL' });
+    await expect(child.kill()).resolves.toEqual({ exitCode: null, signal: 'SIGKILL' });
+  });
+
+  it('refuses a missing binary with QemuNotFoundError', async () => {
+    await expect(QemuProcess.spawn('/nonexistent/qemu', [], { consoleLog: '/dev/null', stderrLog: join(work, 'x.log'), killGraceMs: 100, launcher })).rejects.toBeInstanceOf(QemuNotFoundError);
+  });
+});
+
+describe('the spawn helper', () => {
+  it('fails a spawn whose stderr file cannot be opened with QemuStartError, leaving no child', async () => {
+    const error = await QemuProcess.spawn('/bin/sh', ['-c', 'exit 0'], { consoleLog: '/dev/null', stderrLog: join(work, 'missing', 'err.log'), killGraceMs: 100, launcher: 'helper' }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(QemuStartError);
+    expect((error as QemuStartError).message).toMatch(/missing\/err\.log/);
+  });
+
+  it('starts 16 children at once and tells each its own exit', async () => {
+    const children = await Promise.all(Array.from({ length: 16 }, (_, i) => start('helper', `sleep 0.$((${i} % 3)); exit ${i}`)));
+    expect(new Set(children.map((child) => child.pid)).size).toBe(16);
+    const exits = await Promise.all(children.map((child) => child.exited));
+    expect(exits.map((info) => info.exitCode)).toEqual(Array.from({ length: 16 }, (_, i) => i));
+  });
+
+  const childScript = fileURLToPath(new URL('./spawn-owner-child.ts', import.meta.url));
+  function runOwner(mode: string): Promise<{ code: number | null; output: string; ms: number }> {
+    const begun = Date.now();
+    const owner = spawn(process.execPath, ['--import', 'tsx', childScript, mode, join(work, `owner-${mode}.log`)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    owner.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    owner.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    return new Promise((resolve) => owner.on('exit', (code) => resolve({ code, output, ms: Date.now() - begun })));
+  }
+
+  it('does not keep its Node process alive once its children have exited', async () => {
+    const result = await runOwner('idle');
+    expect(result.output).toContain('done');
+    expect(result.code).toBe(0);
+  });
+
+  it('takes its children down when its Node process exits', async () => {
+    const result = await runOwner('exit');
+    const pid = Number(/pid (\d+)/.exec(result.output)?.[1]);
+    expect(pid).toBeGreaterThan(0);
+    const deadline = Date.now() + 5000;
+    while (processAlive(pid) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(processAlive(pid)).toBe(false);
+  });
+});
