@@ -85,6 +85,19 @@ describe('the spawn helper', () => {
     expect(exits.map((info) => info.exitCode)).toEqual(Array.from({ length: 16 }, (_, i) => i));
   });
 
+  it('reports its children killed when it dies, and a new helper serves the next spawn', async () => {
+    const child = await start('helper', 'exec sleep 30');
+    const helperPid = Number(/^PPid:\s+(\d+)/m.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1]);
+    expect(readFileSync(`/proc/${helperPid}/cmdline`, 'utf8')).toMatch(/perl\0-e\0/);
+    process.kill(helperPid, 'SIGKILL');
+    await expect(child.exited).resolves.toEqual({ exitCode: null, signal: 'SIGKILL' });
+    const deadline = Date.now() + 5000;
+    while (processAlive(child.pid) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(processAlive(child.pid)).toBe(false);
+    const next = await start('helper', 'exit 7');
+    await expect(next.exited).resolves.toEqual({ exitCode: 7, signal: null });
+  });
+
   const childScript = fileURLToPath(new URL('./spawn-owner-child.ts', import.meta.url));
   function runOwner(mode: string): Promise<{ code: number | null; output: string; ms: number }> {
     const begun = Date.now();
