@@ -119,6 +119,8 @@ export class QemuProcess {
     this.exited = exited.then((info) => {
       this.#exitInfo = info;
       clearTimeout(this.#forceKill);
+      // Read now: the run directory holding a helper-started QEMU's stderr file is removed after the exit.
+      this.#stderrTail ||= readTail(options.stderrLog, STDERR_TAIL_BYTES);
       return info;
     });
   }
@@ -144,7 +146,7 @@ export class QemuProcess {
       });
       return new QemuProcess(child.pid, child.exited, { signal: (signal) => launcher.kill(child.pid, signal) }, options);
     }
-    const child = execa(file, args, { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', buffer: false, reject: false, cleanup: true, env });
+    const child = execa(file, args, { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', buffer: false, reject: false, cleanup: true, forceKillAfterDelay: false, env });
     if (child.pid === undefined) throw new QemuNotFoundError(binary);
     const exited = child.then(
       (result): ExitInfo => ({ exitCode: result.exitCode ?? null, signal: result.signal ?? null }),

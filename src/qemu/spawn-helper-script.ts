@@ -8,8 +8,9 @@
  * - in:  `kill PID SIGNAL_NUMBER` (ignored unless PID is a child not yet reaped, so a reused pid is never hit)
  * - out: `spawned ID PID` once the child has exec'd, or `failed ID MESSAGE_HEX`
  * - out: `exit PID CODE SIGNAL_NUMBER` when a child is reaped (CODE -1 when a signal ended it)
- * End of input (the Node process is gone) ends the helper; its children get SIGKILL, from the parent-death signal
- * the spawn's own `setpriv` asked for, and from the helper itself.
+ * End of input (the Node process is gone) ends the helper; its children get SIGKILL from their parent-death signal,
+ * which each child asks for itself between fork and exec (argument 1: the number of the prctl system call, 0 where
+ * it is not known), so no child can outlive the helper, not even one started a moment before the helper died.
  */
 export const SPAWN_HELPER_SCRIPT = String.raw`
 use strict;
@@ -17,6 +18,7 @@ use warnings;
 use POSIX qw(:sys_wait_h);
 $| = 1;
 my %live;
+my $prctl = $ARGV[0] // 0;
 pipe(my $wake_r, my $wake_w) or die "pipe: $!";
 $SIG{CHLD} = sub { syswrite($wake_w, "x") };
 $SIG{PIPE} = 'IGNORE';
@@ -38,10 +40,13 @@ sub spawn_child {
   my @argv = map { dehex($_) } @fields;
   my ($err_r, $err_w);
   if (!pipe($err_r, $err_w)) { say_line("failed $id " . unpack('H*', "pipe: $!")); return }
+  my $helper = $$;
   my $pid = fork();
   if (!defined $pid) { say_line("failed $id " . unpack('H*', "fork: $!")); return }
   if ($pid == 0) {
     close $err_r;
+    # PR_SET_PDEATHSIG (1) to SIGKILL (9); if the helper died before that, it was never going to come.
+    if ($prctl) { syscall($prctl, 1, 9); POSIX::_exit(127) if getppid() != $helper }
     $SIG{CHLD} = 'DEFAULT';
     $SIG{PIPE} = 'DEFAULT';
     open(STDIN, '<', '/dev/null');

@@ -20,6 +20,9 @@ const SIGNAL_NAMES = new Map<number, string>(Object.entries(constants.signals).m
 /** What a dead helper's children are reported as: they got the parent-death SIGKILL. */
 const HELPER_GONE: ExitInfo = { exitCode: null, signal: 'SIGKILL' };
 
+/** prctl's system call number by Node's `process.arch` (asm/unistd.h); the helper's children set their parent-death signal with it. */
+const PRCTL_SYSCALL: Partial<Record<string, number>> = { x64: 157, arm64: 167, riscv64: 167, loong64: 167, ppc64: 171, s390x: 172, ia32: 172, arm: 172 };
+
 const HELPER_OPTIONS = { stdin: 'pipe', stdout: 'pipe', stderr: 'inherit', buffer: false, reject: false, cleanup: true, env: { LC_ALL: 'C' } } as const;
 
 function hex(text: string): string {
@@ -39,7 +42,8 @@ export class SpawnHelper {
   #dead = false;
 
   private constructor(perl: string, wrapper: string | undefined) {
-    const [file, args] = wrapper ? [wrapper, ['--pdeathsig', 'KILL', '--', perl, '-e', SPAWN_HELPER_SCRIPT]] : [perl, ['-e', SPAWN_HELPER_SCRIPT]];
+    const script = ['-e', SPAWN_HELPER_SCRIPT, String(PRCTL_SYSCALL[process.arch] ?? 0)];
+    const [file, args] = wrapper ? [wrapper, ['--pdeathsig', 'KILL', '--', perl, ...script]] : [perl, script];
     this.#process = execa(file, args, HELPER_OPTIONS);
     const lines = createInterface({ input: this.#process.stdout });
     lines.on('line', (line) => this.#onLine(line));

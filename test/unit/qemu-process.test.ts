@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { QemuNotFoundError, QemuStartError } from '../../src/errors.js';
 import { QemuProcess, type QemuLauncher } from '../../src/qemu/qemu-process.js';
+import { SpawnHelper } from '../../src/qemu/spawn-helper.js';
 
 // QemuProcess starts any program; /bin/sh stands in for QEMU so that exits, signals and stderr can be chosen.
 const work = mkdtempSync(join(tmpdir(), 'evolvm-qemu-process-'));
@@ -36,6 +37,8 @@ describe.each<QemuLauncher>(['helper', 'direct'])('a process started by the %s l
     const child = await start(launcher, 'echo boom >&2; exit 4');
     await expect(child.exited).resolves.toEqual({ exitCode: 4, signal: null });
     expect(child.exitInfo).toEqual({ exitCode: 4, signal: null });
+    // Still there once the run directory (and with it a helper-started QEMU's stderr file) is gone.
+    rmSync(join(work, `stderr-${serial - 1}.log`), { force: true });
     expect(child.diagnosticTail()).toContain('qemu stderr:\nboom');
   });
 
@@ -96,6 +99,19 @@ describe('the spawn helper', () => {
     expect(processAlive(child.pid)).toBe(false);
     const next = await start('helper', 'exit 7');
     await expect(next.exited).resolves.toEqual({ exitCode: 7, signal: null });
+  });
+
+  it('gives each child its parent-death signal itself, before exec (no setpriv in between)', async () => {
+    const spawner = SpawnHelper.start('/usr/bin/perl', undefined);
+    const child = await spawner.spawn(['/bin/sleep', '30'], { PATH: '/usr/bin:/bin' }, join(work, 'bare.log'));
+    const helperPid = Number(/^PPid:\s+(\d+)/m.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1]);
+    process.kill(helperPid, 'SIGKILL');
+    await expect(child.exited).resolves.toEqual({ exitCode: null, signal: 'SIGKILL' });
+    const deadline = Date.now() + 5000;
+    while (processAlive(child.pid) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(processAlive(child.pid)).toBe(false);
+    expect(spawner.alive).toBe(false);
+    await expect(spawner.spawn(['/bin/true'], {}, join(work, 'bare.log'))).rejects.toThrow(/spawn helper/);
   });
 
   const childScript = fileURLToPath(new URL('./spawn-owner-child.ts', import.meta.url));
