@@ -8,20 +8,25 @@ export type { ExitInfo };
 
 const STDERR_TAIL_BYTES = 8 * 1024;
 
-let setprivPath: { path: string | undefined } | undefined;
+const optionalTools = new Map<string, string | undefined>();
 
-/** util-linux's setpriv when it is installed (it is on Debian: util-linux is essential), else undefined. */
-function pdeathsigWrapper(): string | undefined {
-  if (!setprivPath) {
+/** Where `name` is in PATH, looked up once per process; undefined when it is not installed. */
+function optionalTool(name: string): string | undefined {
+  if (!optionalTools.has(name)) {
     let path: string | undefined;
     try {
-      path = resolveExecutable('setpriv');
+      path = resolveExecutable(name);
     } catch {
       path = undefined;
     }
-    setprivPath = { path };
+    optionalTools.set(name, path);
   }
-  return setprivPath.path;
+  return optionalTools.get(name);
+}
+
+/** util-linux's setpriv when it is installed (it is on Debian: util-linux is essential), else undefined. */
+function pdeathsigWrapper(): string | undefined {
+  return optionalTool('setpriv');
 }
 
 /**
@@ -64,21 +69,12 @@ function fullEnvironment(env: Readonly<Record<string, string>>): Record<string, 
 export type QemuLauncher = 'helper' | 'direct';
 
 let helper: SpawnHelper | undefined;
-let perlPath: { path: string | undefined } | undefined;
 
 /** The spawn helper, started on first use and again if it died; undefined where perl is missing. */
 function spawnHelper(): SpawnHelper | undefined {
-  if (!perlPath) {
-    let path: string | undefined;
-    try {
-      path = resolveExecutable('perl');
-    } catch {
-      path = undefined;
-    }
-    perlPath = { path };
-  }
-  if (!perlPath.path) return undefined;
-  if (!helper?.alive) helper = SpawnHelper.start(perlPath.path, pdeathsigWrapper());
+  const perl = optionalTool('perl');
+  if (!perl) return undefined;
+  if (!helper?.alive) helper = SpawnHelper.start(perl, pdeathsigWrapper());
   return helper;
 }
 
