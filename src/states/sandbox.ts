@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { availableParallelism } from 'node:os';
 import { setMaxListeners } from 'node:events';
 import {
   ConfigInvalidError,
@@ -73,6 +74,11 @@ export interface RestoreOptions {
    * is its own), which makes it like a booted sandbox: it can be persisted, for example as the next layer.
    */
   ram?: 'copy-on-write' | 'copy';
+}
+
+export interface ForkOptions extends RestoreOptions {
+  /** How many restores run at once (default: the host's CPU count, `os.availableParallelism()`). */
+  concurrency?: number;
 }
 
 /** A sandbox restore half done ({@link Sandbox.prepareRestore}); what a warm pool keeps ready. */
@@ -441,9 +447,13 @@ export class Sandbox {
   }
 
   /**
-   * Starts `count` sandboxes from one persisted snapshot at once. They share the snapshot's RAM image
-   * copy-on-write (memory is paid only for what each changes) and each has its own disk overlay and identity.
-   * If any fails, the others are closed and the first error is thrown.
+   * Starts `count` sandboxes from one persisted snapshot. They share the snapshot's RAM image copy-on-write
+   * (memory is paid only for what each changes) and each has its own disk overlay and identity. At most
+   * `options.concurrency` restores run at once (default: the host's CPU count): a restore is CPU-bound (QEMU's
+   * start-up, then the guest's first work on an empty translation cache), and more at once than there are CPUs
+   * only makes them contend. If any fails, no more are started, the others are closed and the first error is
+   * thrown.
+   * @throws {ConfigInvalidError} for a negative or fractional `count`, or a `concurrency` that is not a positive integer.
    * @throws see {@link restore}.
    */
   static async fork<S extends Stage>(
@@ -452,8 +462,13 @@ export class Sandbox {
     ref: string,
     count: number,
     input: RestoreConfigInput = {},
-    options: RestoreOptions = {},
+    options: ForkOptions = {},
   ): Promise<S[]> {
+    const concurrency = options.concurrency ?? availableParallelism();
+    if (!Number.isSafeInteger(count) || count < 0) throw new ConfigInvalidError([{ path: 'count', message: 'expected an integer >= 0', value: count }]);
+    if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
+      throw new ConfigInvalidError([{ path: 'concurrency', message: 'expected a positive integer', value: concurrency }]);
+    }
     // One listener on the caller's signal rather than a few per clone (Node warns past ten on one signal).
     const forking = new AbortController();
     setMaxListeners(Infinity, forking.signal);
@@ -461,12 +476,27 @@ export class Sandbox {
     if (options.signal?.aborted) forward();
     options.signal?.addEventListener('abort', forward, { once: true });
     const perClone = { ...options, signal: forking.signal };
-    const results = await Promise.allSettled(Array.from({ length: count }, () => Sandbox.restore(stageClass, store, ref, input, perClone)));
-    options.signal?.removeEventListener('abort', forward);
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (!failed) return results.map((r) => (r as PromiseFulfilledResult<S>).value);
-    await Promise.all(results.map((r) => (r.status === 'fulfilled' ? r.value.close() : undefined)));
-    throw failed.reason;
+    const clones: S[] = [];
+    let failure: { reason: unknown } | undefined;
+    let started = 0;
+    const worker = async () => {
+      while (started < count && !failure) {
+        started++;
+        try {
+          clones.push(await Sandbox.restore(stageClass, store, ref, input, perClone));
+        } catch (reason) {
+          failure ??= { reason };
+        }
+      }
+    };
+    try {
+      await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
+    } finally {
+      options.signal?.removeEventListener('abort', forward);
+    }
+    if (!failure) return clones;
+    await Promise.all(clones.map((clone) => clone.close()));
+    throw failure.reason;
   }
 
   /** The cold-boot fallback: boot the lineage's root and replay each recorded transition. */

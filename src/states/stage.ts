@@ -5,7 +5,7 @@ import type { GuestAccess } from './guest-access.js';
 import type { SnapshotInfo, SnapshotStore } from '../snapshot/store/snapshot-store.js';
 import type { RestoreConfigInput } from '../qemu/config.js';
 // A cycle (sandbox.ts imports this module too) that is safe: each side uses the other only inside functions.
-import { Sandbox, type LineageNode, type PersistOptions, type RestoreOptions } from './sandbox.js';
+import { Sandbox, type LineageNode, type PersistOptions, type RestoreOptions, type ForkOptions } from './sandbox.js';
 import { SandboxPool } from './sandbox-pool.js';
 
 /** ready: the sandbox is in this stage; consumed: it was evolved or devolved; poisoned: the sandbox is gone. */
@@ -182,7 +182,8 @@ export abstract class Stage<Data = unknown> implements AsyncDisposable, GuestAcc
   }
 
   /**
-   * Starts `count` sandboxes in this stage from one persisted snapshot, sharing its memory copy-on-write.
+   * Starts `count` sandboxes in this stage from one persisted snapshot, sharing its memory copy-on-write, at most
+   * `options.concurrency` at a time (default: the host's CPU count).
    * @throws see {@link Sandbox.fork}.
    */
   static fork<S extends Stage>(
@@ -191,7 +192,7 @@ export abstract class Stage<Data = unknown> implements AsyncDisposable, GuestAcc
     ref: string,
     count: number,
     config?: RestoreConfigInput,
-    options?: RestoreOptions,
+    options?: ForkOptions,
   ): Promise<S[]> {
     return Sandbox.fork(this, store, ref, count, config, options);
   }

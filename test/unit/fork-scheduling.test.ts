@@ -1,0 +1,69 @@
+import { availableParallelism } from 'node:os';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { ConfigInvalidError, KernelBooted, Sandbox, type SnapshotStore } from '../../src/index.js';
+
+// Sandbox.restore stands in for a real restore (persist.test.ts forks real clones): what is checked here is how
+// fork schedules restores, which a real one makes slow and noisy to observe.
+const store = {} as SnapshotStore;
+
+function fakeRestores(options: { failAt?: number; ms?: number } = {}) {
+  const stats = { started: 0, inFlight: 0, maxInFlight: 0, closed: 0 };
+  vi.spyOn(Sandbox, 'restore').mockImplementation(async () => {
+    const index = stats.started++;
+    stats.inFlight++;
+    stats.maxInFlight = Math.max(stats.maxInFlight, stats.inFlight);
+    await new Promise((resolve) => setTimeout(resolve, options.ms ?? 5));
+    stats.inFlight--;
+    if (index === options.failAt) throw new Error(`restore ${index} failed`);
+    return { index, close: async () => void stats.closed++ } as never;
+  });
+  return stats;
+}
+
+afterEach(() => {
+  vi.restoreAllMocks();
+});
+
+describe('fork', () => {
+  it('runs at most `concurrency` restores at once and returns every clone', async () => {
+    const stats = fakeRestores();
+    const clones = await KernelBooted.fork(store, 'template', 7, {}, { concurrency: 3 });
+    expect(clones).toHaveLength(7);
+    expect(stats.started).toBe(7);
+    expect(stats.maxInFlight).toBe(3);
+  });
+
+  it('runs as many at once as the host has CPUs by default', async () => {
+    const stats = fakeRestores();
+    const count = availableParallelism() + 2;
+    await KernelBooted.fork(store, 'template', count);
+    expect(stats.maxInFlight).toBe(availableParallelism());
+  });
+
+  it('starts no more restores after one fails, closes the clones it made, and throws the failure', async () => {
+    const stats = fakeRestores({ failAt: 2 });
+    await expect(KernelBooted.fork(store, 'template', 10, {}, { concurrency: 2 })).rejects.toThrow('restore 2 failed');
+    // The one that failed, and the one running beside it; nothing after.
+    expect(stats.started).toBe(4);
+    expect(stats.closed).toBe(3);
+  });
+
+  it('returns no clones for a count of 0', async () => {
+    const stats = fakeRestores();
+    await expect(KernelBooted.fork(store, 'template', 0)).resolves.toEqual([]);
+    expect(stats.started).toBe(0);
+  });
+
+  it.each([
+    ['count', -1, {}],
+    ['count', 1.5, {}],
+    ['concurrency', 2, { concurrency: 0 }],
+    ['concurrency', 2, { concurrency: Number.NaN }],
+  ])('refuses a bad %s with ConfigInvalidError before restoring anything', async (path, count, options) => {
+    const stats = fakeRestores();
+    const error = await KernelBooted.fork(store, 'template', count, {}, options).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ConfigInvalidError);
+    expect((error as ConfigInvalidError).issues[0]?.path).toBe(path);
+    expect(stats.started).toBe(0);
+  });
+});
