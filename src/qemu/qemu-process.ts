@@ -129,19 +129,22 @@ export class QemuProcess {
   static async spawn(binary: string, argv: readonly string[], options: QemuSpawnOptions): Promise<QemuProcess> {
     const executable = resolveExecutable(binary);
     // Exit hooks do not run when Node is SIGKILLed or crashes hard; the kernel's parent-death signal does, so a
-    // QEMU never outlives the process that owns it. setpriv sets it and execs QEMU under the same pid.
+    // QEMU never outlives the process that owns it. The spawn helper's children set it themselves before exec;
+    // otherwise setpriv sets it and execs QEMU under the same pid.
     const setpriv = pdeathsigWrapper();
-    const [file, args] = setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', executable, ...argv]] : [executable, [...argv]];
+    const wrapped = (): [string, string[]] => (setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', executable, ...argv]] : [executable, [...argv]]);
     const env = qemuEnvironment();
     const via = options.launcher ?? (spawnHelper() ? 'helper' : 'direct');
     if (via === 'helper') {
       const launcher = spawnHelper();
       if (!launcher) throw new QemuStartError('perl is not installed: the spawn helper cannot run');
-      const child = await launcher.spawn([file, ...args], fullEnvironment(env), options.stderrLog).catch((error: Error) => {
+      const command = launcher.setsParentDeath ? [executable, ...argv] : wrapped().flat();
+      const child = await launcher.spawn(command, fullEnvironment(env), options.stderrLog).catch((error: Error) => {
         throw new QemuStartError(error.message, { cause: error });
       });
       return new QemuProcess(child.pid, child.exited, { signal: (signal) => launcher.kill(child.pid, signal) }, options);
     }
+    const [file, args] = wrapped();
     const child = execa(file, args, { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', buffer: false, reject: false, cleanup: true, forceKillAfterDelay: false, env });
     if (child.pid === undefined) throw new QemuNotFoundError(binary);
     const exited = child.then(

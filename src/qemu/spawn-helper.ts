@@ -40,6 +40,8 @@ export class SpawnHelper {
   readonly #live = new Map<number, (info: ExitInfo) => void>();
   #nextId = 1;
   #dead = false;
+  /** Whether each child sets its own parent-death signal (prctl's number is known here), so needs no setpriv. */
+  readonly setsParentDeath = PRCTL_SYSCALL[process.arch] !== undefined;
 
   private constructor(perl: string, wrapper: string | undefined) {
     const script = ['-e', SPAWN_HELPER_SCRIPT, String(PRCTL_SYSCALL[process.arch] ?? 0)];
