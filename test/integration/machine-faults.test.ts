@@ -55,7 +55,9 @@ describe('bad input fails with a typed error and leaves nothing behind', () => {
     const fake = join(runDir, '..', `evolvm-fake-qemu-${process.pid}`);
     writeFileSync(fake, '#!/bin/sh\necho "fake qemu: cannot start" >&2\nexit 3\n');
     chmodSync(fake, 0o755);
-    const error = await Machine.boot({ runDir, qemuBinary: fake }).catch((e: unknown) => e);
+    const error = await Machine.boot({ runDir, qemuBinary: fake })
+      .catch((e: unknown) => e)
+      .finally(() => rmSync(fake, { force: true }));
     expect(error).toBeInstanceOf(QemuExitedError);
     expect(error).toMatchObject({ exitCode: 3 });
     expect((error as QemuExitedError).consoleTail).toMatch(/fake qemu: cannot start/);
