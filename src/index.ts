@@ -9,7 +9,7 @@ export { FrameDecoder, MAX_FRAME_BYTES } from './qemu/agent/frame-decoder.js';
 export { encodeFrame } from './qemu/agent/frame-encoder.js';
 export { Stage, RootStage, ChildStage, sandboxOf, type StageClass, type StageStatus, type DataOf, type ParentOf, type AncestorOf, type EvolveOptions, type StageOperationOptions } from './states/stage.js';
 export { Sandbox, type SandboxBootOptions, type LineageNode, type PersistOptions, type RestoreOptions, type ForkOptions, type PreparedSandboxRestore } from './states/sandbox.js';
-export { SandboxPool, MAX_POOL_SIZE } from './states/sandbox-pool.js';
+export { SandboxPool, MAX_POOL_SIZE, type PoolOptions } from './states/sandbox-pool.js';
 export type { GuestAccess } from './states/guest-access.js';
 export { KernelBooted } from './states/kernel-booted.js';
 export { RuntimeLoaded, type RuntimeInfo } from './states/runtime-loaded.js';

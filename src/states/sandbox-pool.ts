@@ -1,11 +1,15 @@
 import { ConfigInvalidError, OperationNotAllowedError, QemuExitedError } from '../errors.js';
 import { parseRestoreConfig, type RestoreConfigInput } from '../qemu/config.js';
 import type { SnapshotStore } from '../snapshot/store/snapshot-store.js';
-import { Sandbox, type RestoreOptions, type RunningSandboxRestore } from './sandbox.js';
+import { availableParallelism } from 'node:os';
+import { Sandbox, type ForkOptions, type RestoreOptions, type RunningSandboxRestore } from './sandbox.js';
 import type { Stage, StageClass } from './stage.js';
 
 /** The most sandboxes a pool keeps ready: each is a running QEMU. */
 export const MAX_POOL_SIZE = 64;
+
+/** A pool's options: a restore's, and how many restores fill it at once (`concurrency`, as for a fork). */
+export type PoolOptions = ForkOptions;
 
 /**
  * Sandboxes kept ready to start from one persisted snapshot, for callers that start many over time. Each ready
@@ -15,6 +19,7 @@ export const MAX_POOL_SIZE = 64;
  * {@link take} gives it its identity (a new sandbox id, the guest clock set, its RNG reseeded), which takes a few
  * milliseconds instead of a restore's ~250 on a 2-core TCG host. A taken sandbox is replaced in the background,
  * once it has started. What a ready sandbox costs: a running, idle QEMU with its own copy of the pages it wrote.
+ * The pool fills with at most `concurrency` restores at a time (default: the host's CPU count), as a fork does.
  *
  * @example
  * ```ts
@@ -31,10 +36,20 @@ export class SandboxPool<S extends Stage> implements AsyncDisposable {
   readonly #options: RestoreOptions;
   readonly #ready: RunningSandboxRestore<S>[] = [];
   readonly #filling = new Set<Promise<void>>();
+  readonly #concurrency: number;
   #closed = false;
   #lastError: unknown;
 
-  private constructor(stageClass: StageClass<S>, store: SnapshotStore, ref: string, size: number, config: ReturnType<typeof parseRestoreConfig>, options: RestoreOptions) {
+  private constructor(
+    stageClass: StageClass<S>,
+    store: SnapshotStore,
+    ref: string,
+    size: number,
+    config: ReturnType<typeof parseRestoreConfig>,
+    options: RestoreOptions,
+    concurrency: number,
+  ) {
+    this.#concurrency = concurrency;
     this.#stageClass = stageClass;
     this.#store = store;
     this.#ref = ref;
@@ -46,8 +61,8 @@ export class SandboxPool<S extends Stage> implements AsyncDisposable {
   /**
    * Opens a pool of `size` ready sandboxes of `stageClass` from snapshot `ref`. The first is prepared before this
    * returns, so a snapshot that cannot be started here fails now; the others are prepared in the background.
-   * @throws {ConfigInvalidError} for a size outside 1..{@link MAX_POOL_SIZE}, an invalid config, or a
-   * `fallback` option (a pool starts from the snapshot or not at all).
+   * @throws {ConfigInvalidError} for a size outside 1..{@link MAX_POOL_SIZE}, a `concurrency` that is not a
+   * positive integer, an invalid config, or a `fallback` option (a pool starts from the snapshot or not at all).
    * @throws the errors of {@link Sandbox.restore} for the first one.
    */
   static async open<S extends Stage>(
@@ -56,18 +71,22 @@ export class SandboxPool<S extends Stage> implements AsyncDisposable {
     ref: string,
     size: number,
     input: RestoreConfigInput = {},
-    options: RestoreOptions = {},
+    options: PoolOptions = {},
   ): Promise<SandboxPool<S>> {
     if (!Number.isInteger(size) || size < 1 || size > MAX_POOL_SIZE) {
       throw new ConfigInvalidError([{ path: 'size', message: `expected an integer in 1..${MAX_POOL_SIZE}`, value: size }]);
+    }
+    const { concurrency = availableParallelism(), ...restoreOptions } = options;
+    if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
+      throw new ConfigInvalidError([{ path: 'concurrency', message: 'expected a positive integer', value: concurrency }]);
     }
     if (options.fallback !== undefined) {
       throw new ConfigInvalidError([{ path: 'fallback', message: 'a pool starts from the snapshot; use fromSnapshot for a fallback', value: options.fallback }]);
     }
     const config = parseRestoreConfig(input);
     // The caller's signal bounds opening; prepared sandboxes outlive it.
-    const { signal, ...kept } = options;
-    const pool = new SandboxPool(stageClass, store, ref, size, config, kept);
+    const { signal, ...kept } = restoreOptions;
+    const pool = new SandboxPool(stageClass, store, ref, size, config, kept, concurrency);
     pool.#ready.push(await pool.#prepare({ ...kept, signal }));
     pool.#fill();
     return pool;
@@ -139,23 +158,32 @@ export class SandboxPool<S extends Stage> implements AsyncDisposable {
   }
 
   /**
-   * Starts background preparations until ready + in progress reaches the size. A failure is kept in
-   * {@link lastError}, not retried: only {@link open} and {@link take} fill, so a broken snapshot cannot spin.
+   * Starts background preparations, at most `concurrency` at a time, until ready + in progress reaches the size;
+   * each that succeeds starts the next. A failure is kept in {@link lastError}, not retried: only {@link open},
+   * {@link take} and a success fill, so a broken snapshot cannot spin.
    */
   #fill(): void {
-    while (!this.#closed && this.#ready.length + this.#filling.size < this.#size) {
+    while (!this.#closed && this.#ready.length + this.#filling.size < this.#size && this.#filling.size < this.#concurrency) {
+      let succeeded = false;
       const filling: Promise<void> = this.#prepare(this.#options).then(
         async (restored) => {
           this.#lastError = undefined;
-          if (this.#closed) await restored.running.stop();
-          else this.#ready.push(restored);
+          if (this.#closed) {
+            await restored.running.stop();
+            return;
+          }
+          this.#ready.push(restored);
+          succeeded = true;
         },
         (error: unknown) => {
           this.#lastError = error;
         },
       );
       this.#filling.add(filling);
-      void filling.finally(() => this.#filling.delete(filling));
+      void filling.finally(() => {
+        this.#filling.delete(filling);
+        if (succeeded) this.#fill();
+      });
     }
   }
 }

@@ -6,7 +6,7 @@ import type { SnapshotInfo, SnapshotStore } from '../snapshot/store/snapshot-sto
 import type { RestoreConfigInput } from '../qemu/config.js';
 // A cycle (sandbox.ts imports this module too) that is safe: each side uses the other only inside functions.
 import { Sandbox, type LineageNode, type PersistOptions, type RestoreOptions, type ForkOptions } from './sandbox.js';
-import { SandboxPool } from './sandbox-pool.js';
+import { SandboxPool, type PoolOptions } from './sandbox-pool.js';
 
 /** ready: the sandbox is in this stage; consumed: it was evolved or devolved; poisoned: the sandbox is gone. */
 export type StageStatus = 'ready' | 'consumed' | 'poisoned';
@@ -198,8 +198,8 @@ export abstract class Stage<Data = unknown> implements AsyncDisposable, GuestAcc
   }
 
   /**
-   * Opens a warm pool: `size` sandboxes in this stage kept ready to start from one persisted snapshot (QEMU
-   * started and waiting), so that each {@link SandboxPool.take} skips QEMU's start-up.
+   * Opens a warm pool: `size` sandboxes in this stage kept ready to start from one persisted snapshot (restored,
+   * running idle, without an identity), so that each {@link SandboxPool.take} only gives one its identity.
    * @throws see {@link SandboxPool.open}.
    */
   static pool<S extends Stage>(
@@ -208,7 +208,7 @@ export abstract class Stage<Data = unknown> implements AsyncDisposable, GuestAcc
     ref: string,
     size: number,
     config?: RestoreConfigInput,
-    options?: RestoreOptions,
+    options?: PoolOptions,
   ): Promise<SandboxPool<S>> {
     return SandboxPool.open(this, store, ref, size, config, options);
   }

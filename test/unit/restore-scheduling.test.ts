@@ -24,7 +24,7 @@ afterEach(() => {
   vi.restoreAllMocks();
 });
 
-describe('fork', () => {
+describe('a fork', () => {
   it('runs at most `concurrency` restores at once and returns every clone', async () => {
     const stats = fakeRestores();
     const clones = await KernelBooted.fork(store, 'template', 7, {}, { concurrency: 3 });
@@ -64,6 +64,66 @@ describe('fork', () => {
     const error = await KernelBooted.fork(store, 'template', count, {}, options).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(ConfigInvalidError);
     expect((error as ConfigInvalidError).issues[0]?.path).toBe(path);
+    expect(stats.started).toBe(0);
+  });
+});
+
+function fakePreparations(options: { ms?: number; failFrom?: number } = {}) {
+  const stats = { started: 0, inFlight: 0, maxInFlight: 0, stopped: 0 };
+  vi.spyOn(Sandbox, 'prepareRestore').mockImplementation(async () => {
+    const index = stats.started++;
+    stats.inFlight++;
+    stats.maxInFlight = Math.max(stats.maxInFlight, stats.inFlight);
+    await new Promise((resolve) => setTimeout(resolve, options.ms ?? 5));
+    stats.inFlight--;
+    if (options.failFrom !== undefined && index >= options.failFrom) throw new Error('cannot restore');
+    return {} as never;
+  });
+  vi.spyOn(Sandbox, 'runPrepared').mockImplementation(async () => ({ running: { exitError: undefined, stop: async () => void stats.stopped++ } }) as never);
+  return stats;
+}
+
+async function until(condition: () => boolean): Promise<void> {
+  for (let i = 0; i < 500 && !condition(); i++) await new Promise((resolve) => setTimeout(resolve, 2));
+  expect(condition()).toBe(true);
+}
+
+describe('a warm pool', () => {
+  it('fills with at most `concurrency` restores at a time, up to its size', async () => {
+    const stats = fakePreparations();
+    const pool = await KernelBooted.pool(store, 'template', 7, {}, { concurrency: 2 });
+    await until(() => pool.ready === 7);
+    expect(stats.started).toBe(7);
+    expect(stats.maxInFlight).toBe(2);
+    await pool.close();
+    expect(stats.stopped).toBe(7);
+  });
+
+  it('fills as many at a time as the host has CPUs by default', async () => {
+    const stats = fakePreparations();
+    const size = availableParallelism() + 3;
+    const pool = await KernelBooted.pool(store, 'template', size);
+    await until(() => pool.ready === size);
+    expect(stats.maxInFlight).toBe(availableParallelism());
+    await pool.close();
+  });
+
+  it('does not go on filling after a background restore fails', async () => {
+    // The one open makes and the first in the background succeed; the next fails.
+    const stats = fakePreparations({ failFrom: 2 });
+    const pool = await KernelBooted.pool(store, 'template', 6, {}, { concurrency: 1 });
+    await until(() => pool.lastError !== undefined);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(pool.ready).toBe(2);
+    expect(stats.started).toBe(3);
+    await pool.close();
+  });
+
+  it('refuses a bad concurrency with ConfigInvalidError before restoring anything', async () => {
+    const stats = fakePreparations();
+    const error = await KernelBooted.pool(store, 'template', 2, {}, { concurrency: 0 }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ConfigInvalidError);
+    expect((error as ConfigInvalidError).issues[0]?.path).toBe('concurrency');
     expect(stats.started).toBe(0);
   });
 });
