@@ -69,11 +69,13 @@ function fullEnvironment(env: Readonly<Record<string, string>>): Record<string, 
 export type QemuLauncher = 'helper' | 'direct';
 
 let helper: SpawnHelper | undefined;
+/** Set when a helper died before it started anything: this perl cannot run it (no POSIX module, say). */
+let helperUnusable = false;
 
-/** The spawn helper, started on first use and again if it died; undefined where perl is missing. */
+/** The spawn helper, started on first use and again if it died; undefined where perl is missing or cannot run it. */
 function spawnHelper(): SpawnHelper | undefined {
   const perl = optionalTool('perl');
-  if (!perl) return undefined;
+  if (!perl || helperUnusable) return undefined;
   if (!helper?.alive) helper = SpawnHelper.start(perl, pdeathsigWrapper());
   return helper;
 }
@@ -137,12 +139,18 @@ export class QemuProcess {
     const via = options.launcher ?? (spawnHelper() ? 'helper' : 'direct');
     if (via === 'helper') {
       const launcher = spawnHelper();
-      if (!launcher) throw new QemuStartError('perl is not installed: the spawn helper cannot run');
+      if (!launcher) throw new QemuStartError('the spawn helper cannot run here (no perl, or one that could not run it)');
       const command = launcher.setsParentDeath ? [executable, ...argv] : wrapped().flat();
-      const child = await launcher.spawn(command, fullEnvironment(env), options.stderrLog).catch((error: Error) => {
-        throw new QemuStartError(error.message, { cause: error });
-      });
-      return new QemuProcess(child.pid, child.exited, { signal: (signal) => launcher.kill(child.pid, signal) }, options);
+      try {
+        const child = await launcher.spawn(command, fullEnvironment(env), options.stderrLog);
+        return new QemuProcess(child.pid, child.exited, { signal: (signal) => launcher.kill(child.pid, signal) }, options);
+      } catch (error) {
+        if (options.launcher === 'helper' || launcher.alive || launcher.hasSpawned) {
+          throw new QemuStartError((error as Error).message, { cause: error });
+        }
+        // The helper never worked here: Node spawns QEMU itself from now on.
+        helperUnusable = true;
+      }
     }
     const [file, args] = wrapped();
     const child = execa(file, args, { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', buffer: false, reject: false, cleanup: true, forceKillAfterDelay: false, env });

@@ -40,6 +40,7 @@ export class SpawnHelper {
   readonly #live = new Map<number, (info: ExitInfo) => void>();
   #nextId = 1;
   #dead = false;
+  #spawnedOne = false;
   /** Whether each child sets its own parent-death signal (prctl's number is known here), so needs no setpriv. */
   readonly setsParentDeath = PRCTL_SYSCALL[process.arch] !== undefined;
 
@@ -62,6 +63,11 @@ export class SpawnHelper {
   /** False once the helper has exited; a new one must be started then. */
   get alive(): boolean {
     return !this.#dead;
+  }
+
+  /** Whether it has started a child yet: a helper that died before that likely cannot run here at all. */
+  get hasSpawned(): boolean {
+    return this.#spawnedOne;
   }
 
   /**
@@ -99,6 +105,7 @@ export class SpawnHelper {
         return;
       }
       const pid = Number(b);
+      this.#spawnedOne = true;
       const exited = new Promise<ExitInfo>((resolve) => this.#live.set(pid, resolve));
       waiter.resolve({ pid, exited });
     } else if (kind === 'exit') {
