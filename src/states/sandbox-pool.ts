@@ -1,7 +1,7 @@
+import { availableParallelism } from 'node:os';
 import { ConfigInvalidError, OperationNotAllowedError, QemuExitedError } from '../errors.js';
 import { parseRestoreConfig, type RestoreConfigInput } from '../qemu/config.js';
 import type { SnapshotStore } from '../snapshot/store/snapshot-store.js';
-import { availableParallelism } from 'node:os';
 import { Sandbox, type ForkOptions, type RestoreOptions, type RunningSandboxRestore } from './sandbox.js';
 import type { Stage, StageClass } from './stage.js';
 
@@ -17,7 +17,7 @@ export type PoolOptions = ForkOptions;
  * leased (so it cannot be deleted or collected under it), and its identity requests run once with a throwaway
  * id, so that their code is translated (under TCG a restored guest starts with an empty translation cache).
  * {@link take} gives it its identity (a new sandbox id, the guest clock set, its RNG reseeded), which takes a few
- * milliseconds instead of a restore's ~250 on a 2-core TCG host. A taken sandbox is replaced in the background,
+ * milliseconds instead of a restore's ~200 on a 2-core TCG host. A taken sandbox is replaced in the background,
  * once it has started. What a ready sandbox costs: a running, idle QEMU with its own copy of the pages it wrote.
  * The pool fills with at most `concurrency` restores at a time (default: the host's CPU count), as a fork does.
  *
