@@ -6,17 +6,31 @@ import { ConfigInvalidError, KernelBooted, Sandbox, type SnapshotStore } from '.
 // fork schedules restores, which a real one makes slow and noisy to observe.
 const store = {} as SnapshotStore;
 
-function fakeRestores(options: { failAt?: number; ms?: number } = {}) {
-  const stats = { started: 0, inFlight: 0, maxInFlight: 0, closed: 0 };
-  vi.spyOn(Sandbox, 'restore').mockImplementation(async () => {
+/** Counts of the stand-in restores: how many started, how many ran at once at most, how many were undone. */
+interface Stats {
+  started: number;
+  inFlight: number;
+  maxInFlight: number;
+  undone: number;
+}
+
+/** A stand-in restore that takes a few ms, counted in `stats`; `fails(index)` says which ones throw. */
+function standIn<T>(stats: Stats, fails: (index: number) => boolean, result: (index: number) => T): () => Promise<T> {
+  return async () => {
     const index = stats.started++;
     stats.inFlight++;
     stats.maxInFlight = Math.max(stats.maxInFlight, stats.inFlight);
-    await new Promise((resolve) => setTimeout(resolve, options.ms ?? 5));
+    await new Promise((resolve) => setTimeout(resolve, 5));
     stats.inFlight--;
-    if (index === options.failAt) throw new Error(`restore ${index} failed`);
-    return { index, close: async () => void stats.closed++ } as never;
-  });
+    if (fails(index)) throw new Error(`restore ${index} failed`);
+    return result(index);
+  };
+}
+
+function fakeRestores(options: { failAt?: number } = {}): Stats {
+  const stats: Stats = { started: 0, inFlight: 0, maxInFlight: 0, undone: 0 };
+  const clone = (index: number) => ({ index, close: async () => void stats.undone++ }) as never;
+  vi.spyOn(Sandbox, 'restore').mockImplementation(standIn(stats, (index) => index === options.failAt, clone));
   return stats;
 }
 
@@ -45,7 +59,7 @@ describe('a fork', () => {
     await expect(KernelBooted.fork(store, 'template', 10, {}, { concurrency: 2 })).rejects.toThrow('restore 2 failed');
     // The one that failed, and the one running beside it; nothing after.
     expect(stats.started).toBe(4);
-    expect(stats.closed).toBe(3);
+    expect(stats.undone).toBe(3);
   });
 
   it('returns no clones for a count of 0', async () => {
@@ -68,18 +82,10 @@ describe('a fork', () => {
   });
 });
 
-function fakePreparations(options: { ms?: number; failFrom?: number } = {}) {
-  const stats = { started: 0, inFlight: 0, maxInFlight: 0, stopped: 0 };
-  vi.spyOn(Sandbox, 'prepareRestore').mockImplementation(async () => {
-    const index = stats.started++;
-    stats.inFlight++;
-    stats.maxInFlight = Math.max(stats.maxInFlight, stats.inFlight);
-    await new Promise((resolve) => setTimeout(resolve, options.ms ?? 5));
-    stats.inFlight--;
-    if (options.failFrom !== undefined && index >= options.failFrom) throw new Error('cannot restore');
-    return {} as never;
-  });
-  vi.spyOn(Sandbox, 'runPrepared').mockImplementation(async () => ({ running: { exitError: undefined, stop: async () => void stats.stopped++ } }) as never);
+function fakePreparations(options: { failFrom?: number } = {}): Stats {
+  const stats: Stats = { started: 0, inFlight: 0, maxInFlight: 0, undone: 0 };
+  vi.spyOn(Sandbox, 'prepareRestore').mockImplementation(standIn(stats, (index) => index >= (options.failFrom ?? Infinity), () => ({}) as never));
+  vi.spyOn(Sandbox, 'runPrepared').mockImplementation(async () => ({ running: { exitError: undefined, stop: async () => void stats.undone++ } }) as never);
   return stats;
 }
 
@@ -96,7 +102,7 @@ describe('a warm pool', () => {
     expect(stats.started).toBe(7);
     expect(stats.maxInFlight).toBe(2);
     await pool.close();
-    expect(stats.stopped).toBe(7);
+    expect(stats.undone).toBe(7);
   });
 
   it('fills as many at a time as the host has CPUs by default', async () => {
