@@ -1,8 +1,7 @@
-import { availableParallelism } from 'node:os';
 import { ConfigInvalidError, OperationNotAllowedError, QemuExitedError } from '../errors.js';
 import { parseRestoreConfig, type RestoreConfigInput } from '../qemu/config.js';
 import type { SnapshotStore } from '../snapshot/store/snapshot-store.js';
-import { Sandbox, type ForkOptions, type RestoreOptions, type RunningSandboxRestore } from './sandbox.js';
+import { restoreConcurrency, Sandbox, type ForkOptions, type RestoreOptions, type RunningSandboxRestore } from './sandbox.js';
 import type { Stage, StageClass } from './stage.js';
 
 /** The most sandboxes a pool keeps ready: each is a running QEMU. */
@@ -76,10 +75,8 @@ export class SandboxPool<S extends Stage> implements AsyncDisposable {
     if (!Number.isInteger(size) || size < 1 || size > MAX_POOL_SIZE) {
       throw new ConfigInvalidError([{ path: 'size', message: `expected an integer in 1..${MAX_POOL_SIZE}`, value: size }]);
     }
-    const { concurrency = availableParallelism(), ...restoreOptions } = options;
-    if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
-      throw new ConfigInvalidError([{ path: 'concurrency', message: 'expected a positive integer', value: concurrency }]);
-    }
+    const { concurrency: wanted, ...restoreOptions } = options;
+    const concurrency = restoreConcurrency(wanted);
     if (options.fallback !== undefined) {
       throw new ConfigInvalidError([{ path: 'fallback', message: 'a pool starts from the snapshot; use fromSnapshot for a fallback', value: options.fallback }]);
     }

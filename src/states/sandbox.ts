@@ -81,6 +81,17 @@ export interface ForkOptions extends RestoreOptions {
   concurrency?: number;
 }
 
+/**
+ * How many restores may run at once: `concurrency`, or the host's CPU count. Restores are CPU-bound (QEMU's
+ * start-up, then the guest's first work on an empty translation cache); more at once than CPUs only contend.
+ * @throws {ConfigInvalidError} when `concurrency` is not a positive integer.
+ */
+export function restoreConcurrency(concurrency: number | undefined): number {
+  const value = concurrency ?? availableParallelism();
+  if (!Number.isSafeInteger(value) || value < 1) throw new ConfigInvalidError([{ path: 'concurrency', message: 'expected a positive integer', value }]);
+  return value;
+}
+
 /** A sandbox restore half done ({@link Sandbox.prepareRestore}); what a warm pool keeps ready. */
 export interface PreparedSandboxRestore<S extends Stage = Stage> {
   readonly stageClass: StageClass<S>;
@@ -449,9 +460,7 @@ export class Sandbox {
   /**
    * Starts `count` sandboxes from one persisted snapshot. They share the snapshot's RAM image copy-on-write
    * (memory is paid only for what each changes) and each has its own disk overlay and identity. At most
-   * `options.concurrency` restores run at once (default: the host's CPU count): a restore is CPU-bound (QEMU's
-   * start-up, then the guest's first work on an empty translation cache), and more at once than there are CPUs
-   * only makes them contend. If any fails, no more are started, the others are closed and the first error is
+   * `options.concurrency` restores run at once (see {@link restoreConcurrency}). If any fails, no more are started, the others are closed and the first error is
    * thrown.
    * @throws {ConfigInvalidError} for a negative or fractional `count`, or a `concurrency` that is not a positive integer.
    * @throws see {@link restore}.
@@ -464,11 +473,8 @@ export class Sandbox {
     input: RestoreConfigInput = {},
     options: ForkOptions = {},
   ): Promise<S[]> {
-    const concurrency = options.concurrency ?? availableParallelism();
     if (!Number.isSafeInteger(count) || count < 0) throw new ConfigInvalidError([{ path: 'count', message: 'expected an integer >= 0', value: count }]);
-    if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
-      throw new ConfigInvalidError([{ path: 'concurrency', message: 'expected a positive integer', value: concurrency }]);
-    }
+    const concurrency = restoreConcurrency(options.concurrency);
     // One listener on the caller's signal rather than a few per clone (Node warns past ten on one signal).
     const forking = new AbortController();
     setMaxListeners(Infinity, forking.signal);
