@@ -460,8 +460,8 @@ export class Sandbox {
   /**
    * Starts `count` sandboxes from one persisted snapshot. They share the snapshot's RAM image copy-on-write
    * (memory is paid only for what each changes) and each has its own disk overlay and identity. At most
-   * `options.concurrency` restores run at once (see {@link restoreConcurrency}). If any fails, no more are started, the others are closed and the first error is
-   * thrown.
+   * `options.concurrency` restores run at once (see {@link restoreConcurrency}). If one fails, no more are
+   * started, those in progress are aborted, the clones made are closed, and the first error is thrown.
    * @throws {ConfigInvalidError} for a negative or fractional `count`, or a `concurrency` that is not a positive integer.
    * @throws see {@link restore}.
    */
@@ -492,6 +492,8 @@ export class Sandbox {
           clones.push(await Sandbox.restore(stageClass, store, ref, input, perClone));
         } catch (reason) {
           failure ??= { reason };
+          // The others in progress would only be closed: stop them now.
+          forking.abort(reason);
         }
       }
     };

@@ -62,6 +62,21 @@ describe('a fork', () => {
     expect(stats.undone).toBe(3);
   });
 
+  it('aborts the restores in progress when one fails', async () => {
+    const signals: AbortSignal[] = [];
+    vi.spyOn(Sandbox, 'restore').mockImplementation(async (_stage, _store, _ref, _input, options) => {
+      const signal = options!.signal!;
+      signals.push(signal);
+      if (signals.length === 1) throw new Error('restore 0 failed');
+      // The second runs until aborted (a real restore rejects with the abort reason).
+      await new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }));
+      return undefined as never;
+    });
+    await expect(KernelBooted.fork(store, 'template', 2, {}, { concurrency: 2 })).rejects.toThrow('restore 0 failed');
+    expect(signals).toHaveLength(2);
+    expect(signals[1]!.aborted).toBe(true);
+  });
+
   it('returns no clones for a count of 0', async () => {
     const stats = fakeRestores();
     await expect(KernelBooted.fork(store, 'template', 0)).resolves.toEqual([]);
