@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import {
+  AbortedError,
   ConfigInvalidError,
   defineHostFunction,
   FsSnapshotStore,
@@ -227,6 +228,15 @@ describe('forks from a template', () => {
     expect(fileDigests((await store.get('runtime')).id)).toEqual(before);
     await expect(store.verify('runtime')).resolves.toMatchObject({ name: 'runtime' });
   }, 180_000);
+
+  // A restore takes 200+ ms here: 5 ms in it is reading the snapshot, 60 ms in QEMU is starting.
+  it.each([5, 60])('stops a restore aborted %i ms in: typed error, no QEMU left, the snapshot not leased', async (ms) => {
+    const before = qemuProcessesUnder(runDir).length;
+    const restore = RuntimeLoaded.fromSnapshot(store, 'runtime', { runDir }, { hostFunctions: [echo], signal: AbortSignal.timeout(ms) });
+    await expect(restore).rejects.toBeInstanceOf(AbortedError);
+    expect(qemuProcessesUnder(runDir)).toHaveLength(before);
+    expect(readdirSync(join(storeDir, '.locks')).filter((f) => f.includes('.lease-'))).toEqual([]);
+  });
 });
 
 describe('a warm pool', () => {
