@@ -97,8 +97,8 @@ interface Signaller {
 
 /**
  * The QEMU child process: killed with SIGTERM then SIGKILL after a grace delay, and killed when the Node process
- * exits (by the kernel's parent-death signal, which `setpriv` asks for). Its serial console goes to a file; the
- * tails of that file and of stderr explain an unexpected exit.
+ * exits (by the kernel's parent-death signal, which the spawn helper's child, or else `setpriv`, sets before QEMU
+ * runs). Its serial console goes to a file; the tails of that file and of stderr explain an unexpected exit.
  */
 export class QemuProcess {
   readonly pid: number;
