@@ -21,8 +21,8 @@ const UNLIMITED_BANDWIDTH = 107_374_182_400;
 
 /**
  * Writes a running machine's state to files, with the guest paused only as long as it takes:
- * stop → copy the RAM file (sparse, as in-VM snapshots do) → append the device state (`migrate` with x-ignore-shared, so RAM is not in
- * the stream) → copy the disk as a qcow2 layer over `parentDisk` → cont. The machine is left running as before,
+ * stop → copy the RAM file (sparse, as in-VM snapshots do) → append the device state (`migrate` with
+ * x-ignore-shared, so RAM is not in the stream) → copy the disk as a qcow2 layer over `parentDisk` → cont. The machine is left running as before,
  * and its in-VM snapshots are untouched (the live disk is copied, not swapped).
  * @throws {QmpCommandError} when QEMU refuses a step or the migration fails.
  */
