@@ -11,6 +11,15 @@ export interface SnapshotCallOptions {
   signal?: AbortSignal;
 }
 
+/** A snapshot loaded into a running guest ({@link InVmSnapshots.load}). */
+export interface LoadedSnapshot {
+  /**
+   * Settles when the restored guest has answered the fresh hello and set its clock and RNG.
+   * Rejects with a {@link SnapshotError} (cause: the agent's or QEMU's error) when it did not.
+   */
+  readonly resynced: Promise<void>;
+}
+
 /**
  * Where a machine's snapshots keep guest RAM. `file`: a sparse copy of the shared RAM file on tmpfs, with only
  * device state in the qcow2 (x-ignore-shared), which is several times faster to save and load than QEMU parsing
@@ -85,12 +94,17 @@ export class InVmSnapshots {
   }
 
   /**
-   * Restores `tag`, then brings the guest's view of the world up to date: the agent session drops what was in
-   * flight and reads a fresh hello, the clock is set and the RNG reseeded.
-   * @throws {SnapshotError} with the QMP, file system, agent or QEMU-exit error as cause.
+   * Restores `tag` and resumes the guest, then queues the update of the guest's view of the world: the agent
+   * session drops what was in flight and asks for a fresh hello, the clock is set and the RNG reseeded. Resolves
+   * once the guest runs again; the update is then on its way ahead of any later request (the agent serves its
+   * channel in order), and `resynced` settles when the guest has done it.
+   *
+   * Why not wait for it: under TCG the load empties QEMU's translation cache, so the guest's first work after it
+   * runs slowly (~40 ms here); a caller can overlap its own next steps with that instead of waiting idle.
+   * @throws {SnapshotError} with the QMP, file system or QEMU-exit error as cause.
    * @throws {OperationNotAllowedError} when the machine is not running.
    */
-  async load(tag: string, options: SnapshotCallOptions = {}): Promise<void> {
+  async load(tag: string, options: SnapshotCallOptions = {}): Promise<LoadedSnapshot> {
     const machine = this.#machine;
     machine.lifecycle.send({ type: 'RESTORE' });
     try {
@@ -115,13 +129,23 @@ export class InVmSnapshots {
       throw new SnapshotError('load', tag, { cause: machine.exitError ?? error });
     }
     machine.lifecycle.trySend({ type: 'RESTORE_DONE', paused: false });
+    let resynced: Promise<void>;
     try {
-      // Pipelined: resync fails what was pending and sends hello at once; clock and RNG requests follow it.
-      const hello = machine.agent.resync(`restored snapshot ${tag}`, { signal: options.signal });
-      await step('load: agent resync + clock + RNG', () => Promise.all([hello, machine.refreshIdentity({ signal: options.signal })]));
+      // resync fails what was pending and sends hello at once; the clock and RNG requests follow it. Not under the
+      // caller's signal: this goes on after load returns, bounded by the agent's timeout.
+      const hello = machine.agent.resync(`restored snapshot ${tag}`);
+      resynced = step('load: agent resync + clock + RNG (in the guest)', () => Promise.all([hello, machine.refreshIdentity()])).then(
+        () => {},
+        (error: unknown) => {
+          throw new SnapshotError('load', tag, { cause: machine.exitError ?? error });
+        },
+      );
     } catch (error) {
-      throw new SnapshotError('load', tag, { cause: machine.exitError ?? error });
+      resynced = Promise.reject(new SnapshotError('load', tag, { cause: machine.exitError ?? error }));
     }
+    // Marked handled here; a caller that awaits `resynced` still gets the rejection.
+    resynced.catch(() => {});
+    return { resynced };
   }
 
   /**

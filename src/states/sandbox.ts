@@ -15,7 +15,7 @@ import {
 } from '../errors.js';
 import type { MachineConfigInput } from '../qemu/config.js';
 import { Machine, type PreparedRestore } from '../qemu/machine.js';
-import { InVmSnapshots } from '../snapshot/in-vm-snapshots.js';
+import { InVmSnapshots, type LoadedSnapshot } from '../snapshot/in-vm-snapshots.js';
 import type { Transition } from '../transitions/transition.js';
 import { withDeadline } from '../util/deadline.js';
 import { step } from '../util/trace.js';
@@ -161,6 +161,8 @@ export class Sandbox {
   #currentNode!: LineageNode;
   #poison: { reason: string; cause: unknown } | undefined;
   #busy: string | undefined;
+  // The guest's resync after a devolve, while it runs (see #awaitResync); never rejects.
+  #resyncing: Promise<void> | undefined;
   #nodeIds = 0;
   #tagGeneration = 0;
   readonly #tagged = new Set<LineageNode>();
@@ -220,21 +222,22 @@ export class Sandbox {
   guestFor(stage: Stage, operation: string): GuestAccess {
     return {
       exec: async (argv, options) => {
-        this.#assertReady(stage, operation);
+        await this.#whenReady(stage, operation);
         this.#currentNode.dirty = true;
         return this.machine.exec(argv, options);
       },
       readFile: async (path, options) => {
-        this.#assertReady(stage, operation);
+        await this.#whenReady(stage, operation);
         return this.machine.readFile(path, options);
       },
       writeFile: async (path, data, options) => {
-        this.#assertReady(stage, operation);
+        await this.#whenReady(stage, operation);
         this.#currentNode.dirty = true;
         return this.machine.writeFile(path, data, options);
       },
       request: async (op, args, options) => {
-        this.#assertReady(stage, operation);
+        if (this.#resyncing) await this.#whenReady(stage, operation);
+        else this.#assertReady(stage, operation);
         this.#currentNode.dirty = true;
         return this.machine.request(op, args, this.#withHostCalls(options));
       },
@@ -274,8 +277,9 @@ export class Sandbox {
     }
     this.#hostFunctions.assertSupersetOf(to.hostFunctions, `devolve to ${to.stageClass.stageName}`);
     return this.#exclusive('devolve', async () => {
+      let loaded: LoadedSnapshot;
       try {
-        await this.snapshots.load(to.tag!, options);
+        loaded = await this.snapshots.load(to.tag!, options);
       } catch (error) {
         // A failed load leaves the VM in an unknown state: nothing of it can be trusted any more.
         await this.#attributeToExit(error);
@@ -285,6 +289,7 @@ export class Sandbox {
       }
       to.dirty = false;
       const entered = this.#enter(to);
+      this.#awaitResync(loaded.resynced, `devolve to ${to.stageClass.stageName}`);
       await this.#deleteUnreachableTags(options.signal);
       return entered;
     });
@@ -586,10 +591,42 @@ export class Sandbox {
     return this.#currentNode;
   }
 
+  /**
+   * Checks `stage` is current, after the guest has finished resyncing from a devolve (when one is under way).
+   * @throws {StagePoisonedError} also when that resync failed; {@link StageStaleError}.
+   */
+  async #whenReady(stage: Stage, operation: string): Promise<LineageNode> {
+    this.#assertReady(stage, operation);
+    if (this.#resyncing) await this.#resyncing;
+    return this.#assertReady(stage, operation);
+  }
+
+  /**
+   * Lets a devolve return while the restored guest still resyncs (fresh hello, clock, RNG: tens of ms under
+   * TCG). Every later operation of this sandbox waits for it first; if it fails, the sandbox is poisoned and
+   * QEMU stopped, since nothing of the guest can be trusted then.
+   */
+  #awaitResync(resynced: Promise<void>, operation: string): void {
+    const resyncing: Promise<void> = resynced
+      .catch(async (error: unknown) => {
+        await this.#attributeToExit(error);
+        this.#poisonWith(`${operation}: the restored guest did not resync`, error);
+        await this.machine.kill();
+      })
+      .finally(() => {
+        if (this.#resyncing === resyncing) this.#resyncing = undefined;
+      });
+    this.#resyncing = resyncing;
+  }
+
   async #exclusive<T>(operation: string, work: () => Promise<T>): Promise<T> {
     if (this.#busy) throw new OperationNotAllowedError(operation, `busy with ${this.#busy}`);
     this.#busy = operation;
     try {
+      if (this.#resyncing) {
+        await this.#resyncing;
+        this.#assertReady(this.#current, operation);
+      }
       return await work();
     } catch (error) {
       await this.#attributeToExit(error);
@@ -620,7 +657,8 @@ export class Sandbox {
     await this.#attributeToExit(cause);
     if (this.#poison) return new TransitionFailedError(transition, source.stageClass.stageName, false, { cause });
     try {
-      await this.snapshots.load(source.tag!);
+      // A rollback is reported as done only once the guest has resynced.
+      await (await this.snapshots.load(source.tag!)).resynced;
       source.dirty = false;
       return new TransitionFailedError(transition, source.stageClass.stageName, true, { cause });
     } catch (rollbackError) {

@@ -1,8 +1,8 @@
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
-import { FsSnapshotStore, KernelBooted, loadCode, loadRuntime, sandboxOf, StagePoisonedError, type Stage } from '../../src/index.js';
+import { afterAll, describe, expect, it, vi } from 'vitest';
+import { AgentTimeoutError, FsSnapshotStore, KernelBooted, loadCode, loadRuntime, sandboxOf, StagePoisonedError, type Stage } from '../../src/index.js';
 import { expectNoLeaks, qemuProcessesUnder, testRunDir } from '../helpers/leaks.js';
 
 const runDir = testRunDir('stage-faults');
@@ -85,6 +85,24 @@ describe('QEMU dying under a stage operation', () => {
     await code.close();
     expect(qemuProcessesUnder(runDir)).toEqual([]);
     expect(ramImagesOf(code)).toEqual([]);
+  });
+
+  it('a restored guest that does not resync: devolve returns, the next operation finds the sandbox poisoned, nothing leaks', async () => {
+    const booted = await KernelBooted.boot({ runDir });
+    const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
+    const { machine } = sandboxOf(runtime);
+    // The guest's clock request is never answered (as from a guest hung right after the load).
+    vi.spyOn(machine, 'refreshIdentity').mockRejectedValueOnce(new AgentTimeoutError('set_clock', 10));
+    const back = await runtime.devolve();
+    const error = await back.exec(['true']).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(StagePoisonedError);
+    expect((error as StagePoisonedError).reason).toMatch(/devolve to KernelBooted: the restored guest did not resync/);
+    expect((error as StagePoisonedError).cause).toMatchObject({ code: 'SNAPSHOT_FAILED' });
+    for (const stage of [booted, runtime, back]) expect(stage.status).toBe('poisoned');
+    await expect(back.evolve(loadRuntime({ kind: 'shell' }))).rejects.toBeInstanceOf(StagePoisonedError);
+    expect(qemuProcessesUnder(runDir)).toEqual([]);
+    await back.close();
+    expect(ramImagesOf(back)).toEqual([]);
   });
 
   it("during a persist's migration: the persist fails typed, the store keeps nothing of it, nothing leaks", async () => {

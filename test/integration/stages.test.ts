@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   defineTransition,
   GuestOperationError,
@@ -102,6 +102,63 @@ describe('evolve and devolve restore guest state exactly', () => {
     const restored = await code.devolve();
     expect(await processAlive(restored, pid)).toBe(true);
     root = await restored.devolve();
+  });
+});
+
+describe('the guest after a devolve', () => {
+  /** Enters RuntimeLoaded with 16 random bytes the guest read in the transition (the stage's data). */
+  const readRandom = defineTransition({
+    name: 'readRandom',
+    from: KernelBooted,
+    to: RuntimeLoaded,
+    run: async ({ guest }) => {
+      const random = await guest.exec(['sh', '-c', 'head -c 16 /dev/urandom | od -An -tx1']);
+      return { kind: 'shell' as const, pid: 0, version: random.stdout.trim() };
+    },
+  });
+
+  it('has its clock set before any later request runs, though devolve does not wait for the guest to do it', async () => {
+    await root.exec(['date', '-s', '@1000000000']);
+    // The snapshot taken here holds a guest clock in 2001.
+    const runtime = await root.evolve(loadRuntime({ kind: 'shell' }));
+    const { machine } = sandboxOf(runtime);
+    const refresh = machine.refreshIdentity.bind(machine);
+    let refreshed = false;
+    // The clock and RNG requests held back on the host for a while, so the order below does not hang on timing.
+    const spy = vi.spyOn(machine, 'refreshIdentity').mockImplementation(async (options) => {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await refresh(options);
+      refreshed = true;
+    });
+    try {
+      root = await runtime.devolve();
+      expect(refreshed).toBe(false);
+      const guestSeconds = Number((await root.exec(['date', '+%s'])).stdout.trim());
+      expect(refreshed).toBe(true);
+      expect(Math.abs(guestSeconds - Date.now() / 1000)).toBeLessThan(5);
+      // An evolve right after a devolve waits the same way.
+      const again = await root.evolve(loadRuntime({ kind: 'shell' }));
+      expect(spy).toHaveBeenCalledTimes(1);
+      refreshed = false;
+      root = await again.devolve();
+      root = await (await root.evolve(loadRuntime({ kind: 'shell' }))).devolve();
+      expect(refreshed).toBe(true);
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  it('has its RNG reseeded: the same snapshot restored twice reads different random bytes', async () => {
+    // A read reseeds the CRNG when its seed is old; so its seed is recent when the evolve below snapshots it, and
+    // the kernel would not reseed on its own soon after a load (see "RNG of clones" in persist.test.ts).
+    await root.exec(['sh', '-c', 'head -c 16 /dev/urandom >/dev/null']);
+    const first = await root.evolve(readRandom);
+    root = await first.devolve();
+    // root is unchanged since its snapshot, so this evolve starts from exactly the state the first one did.
+    const second = await root.evolve(readRandom);
+    expect(first.runtime.version).toMatch(/^[0-9a-f]{2}( [0-9a-f]{2}){15}$/);
+    expect(second.runtime.version).not.toBe(first.runtime.version);
+    root = await second.devolve();
   });
 });
 
