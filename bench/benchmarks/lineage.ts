@@ -1,10 +1,11 @@
-import { KernelBooted, loadRuntime, type RuntimeLoaded } from '../../src/index.js';
+import { KernelBooted, loadRuntime, sandboxOf, type RuntimeLoaded } from '../../src/index.js';
 import { resultOf, since, type BenchGroup, type Metric } from '../benchmark.js';
 import { startRawSnapshotTarget } from './raw-snapshot.js';
 
 const evolve: Metric = { name: 'evolve', unit: 'ms' };
 const evolveClean: Metric = { name: 'evolve-clean', unit: 'ms' };
 const devolve: Metric = { name: 'devolve', unit: 'ms', target: { op: '<=', value: 60 } };
+const devolveReady: Metric = { name: 'devolve-ready', unit: 'ms' };
 const rawSnapshotLoad: Metric = { name: 'raw-snapshot-load', unit: 'ms' };
 const vmstateSnapshotLoad: Metric = { name: 'vmstate-snapshot-load', unit: 'ms' };
 
@@ -16,7 +17,10 @@ const DIRTY_PATH = '/tmp/evolvm-bench-dirty';
  * Each cycle times:
  * - `evolve`: after a write, so the evolve saves a new snapshot (and deletes the one it replaces), then loads the runtime;
  * - `evolve-clean`: right after a devolve, when the source's snapshot still holds it and the save is skipped;
- * - `devolve`: one level back, after each of the two evolves (two samples per cycle);
+ * - `devolve`: one level back, after each of the two evolves (two samples per cycle). devolve returns once QEMU
+ *   has loaded the snapshot and resumed the guest; the guest's resync (hello, clock, RNG) runs behind it;
+ * - `devolve-ready`: the same devolve until the guest has answered a ping sent right after it, which it does
+ *   only after the resync (the agent serves its channel in order);
  * - `raw-snapshot-load`: right after each devolve, the same load (RAM image, device state, ROM ranges) driven
  *   straight over QMP. Interleaving the two keeps their ratio honest while other work on the host comes and goes.
  * - `vmstate-snapshot-load`: QEMU's own `snapshot-load` with RAM in the vmstate (what devolve used before), once
@@ -24,11 +28,11 @@ const DIRTY_PATH = '/tmp/evolvm-bench-dirty';
  * A first, untimed cycle takes the first snapshot and warms TCG's code cache.
  */
 export const lineageGroup: BenchGroup = {
-  metrics: [evolve, evolveClean, devolve, rawSnapshotLoad, vmstateSnapshotLoad],
+  metrics: [evolve, evolveClean, devolve, devolveReady, rawSnapshotLoad, vmstateSnapshotLoad],
   async run(context) {
     const { runs, runDir, signal, log } = context;
     const cycles = runs(5);
-    const samples = { evolve: [] as number[], clean: [] as number[], devolve: [] as number[], raw: [] as number[], vmstate: [] as number[] };
+    const samples = { evolve: [] as number[], clean: [] as number[], devolve: [] as number[], ready: [] as number[], raw: [] as number[], vmstate: [] as number[] };
     const transition = loadRuntime({ kind: 'shell' });
     const root = await KernelBooted.boot({ runDir }, { signal });
     try {
@@ -50,7 +54,11 @@ export const lineageGroup: BenchGroup = {
           };
           await booted.writeFile(DIRTY_PATH, `cycle ${cycle}\n`, { signal });
           let runtime: RuntimeLoaded = await timed(samples.evolve, () => booted.evolve(transition, { signal }));
+          const readyStart = performance.now();
           booted = await timed(samples.devolve, () => runtime.devolve({ signal }));
+          // Not a stage request: that would mark KernelBooted changed and make the next evolve save again.
+          await sandboxOf(booted).machine.ping({ signal });
+          if (!warmUp) samples.ready.push(since(readyStart));
           await rawLoad();
           runtime = await timed(samples.clean, () => booted.evolve(transition, { signal }));
           booted = await timed(samples.devolve, () => runtime.devolve({ signal }));
@@ -59,7 +67,7 @@ export const lineageGroup: BenchGroup = {
           if (!warmUp) samples.vmstate.push(vmstateLoad);
           if (!warmUp) {
             const ms = (values: number[], count = 1) => values.slice(-count).map((value) => value.toFixed(0)).join('/');
-            log(`lineage ${cycle}/${cycles}: evolve ${ms(samples.evolve)}, evolve-clean ${ms(samples.clean)}, devolve ${ms(samples.devolve, 2)}, raw load ${ms(samples.raw, 2)}, vmstate load ${ms(samples.vmstate)} ms`);
+            log(`lineage ${cycle}/${cycles}: evolve ${ms(samples.evolve)}, evolve-clean ${ms(samples.clean)}, devolve ${ms(samples.devolve, 2)} (ready ${ms(samples.ready)}), raw load ${ms(samples.raw, 2)}, vmstate load ${ms(samples.vmstate)} ms`);
           }
         }
       } finally {
@@ -69,6 +77,7 @@ export const lineageGroup: BenchGroup = {
         resultOf(evolve, samples.evolve),
         resultOf(evolveClean, samples.clean),
         resultOf(devolve, samples.devolve),
+        resultOf(devolveReady, samples.ready),
         resultOf(rawSnapshotLoad, samples.raw),
         resultOf(vmstateSnapshotLoad, samples.vmstate),
       ];

@@ -67,6 +67,31 @@ describe('runJob', () => {
     expect(jobs.size).toBe(0);
   });
 
+  it('sends query-jobs and job-dismiss together once the job concluded (one round trip)', async () => {
+    const { peer, client } = await start();
+    const { dismissed } = fakeJobs(peer, {});
+    // query-jobs is answered only once job-dismiss has arrived as well, and with the job as it was before.
+    let answerQuery: (() => void) | undefined;
+    peer.handle('query-jobs', (command) => {
+      const snapshot = [{ id: 'save-t1', type: 'snapshot-save', status: 'concluded', 'current-progress': 1, 'total-progress': 1 }];
+      answerQuery = () => peer.reply(command, snapshot);
+    });
+    const run = runJob(client, 'snapshot-save', SAVE_ARGS, { timeoutMs: 2_000 });
+    for (let i = 0; i < 100 && !executed(peer).includes('job-dismiss'); i++) await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(executed(peer)).toEqual(['snapshot-save', 'query-jobs', 'job-dismiss']);
+    answerQuery!();
+    await run;
+    expect(dismissed).toEqual(['save-t1']);
+  });
+
+  it('reports a job-dismiss that QEMU refused', async () => {
+    const { peer, client } = await start();
+    fakeJobs(peer, {});
+    peer.handle('job-dismiss', (command) => peer.replyError(command, 'GenericError', 'no such job'));
+    const error = await runJob(client, 'snapshot-save', SAVE_ARGS, { timeoutMs: 2_000 }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ command: 'job-dismiss', errorClass: 'GenericError' });
+  });
+
   it('sees a conclusion that arrives in the same read as the command reply', async () => {
     const { peer, client } = await start();
     const { dismissed } = fakeJobs(peer, {}, { concludeWithReply: true });

@@ -60,18 +60,27 @@ export async function runJob(client: QmpClient, command: string, args: QmpJobArg
       () => undefined,
       (error: unknown) => error,
     );
-    const cleanupBounds = waitError === undefined ? bounds : { timeoutMs: CLEANUP_TIMEOUT_MS };
     let job: QmpJobInfo | undefined;
-    try {
-      const jobs = await client.execute<QmpJobInfo[]>('query-jobs', undefined, cleanupBounds);
-      job = jobs.find((candidate) => candidate.id === jobId);
-      if (job?.status === 'concluded') await client.execute('job-dismiss', { id: jobId }, cleanupBounds);
-    } catch (error) {
-      // After a failed wait the wait's error is the one to report.
-      if (waitError === undefined) throw error;
+    if (waitError === undefined) {
+      // Concluded: its outcome is read and the job dismissed in one round trip (QEMU answers in order).
+      const [listed, dismissed] = await Promise.allSettled([
+        client.execute<QmpJobInfo[]>('query-jobs', undefined, bounds),
+        client.execute('job-dismiss', { id: jobId }, bounds),
+      ]);
+      if (listed.status === 'rejected') throw listed.reason;
+      job = listed.value.find((candidate) => candidate.id === jobId);
+      if (job === undefined) throw new QmpCommandError(command, 'JobFailed', `job ${jobId} is missing from query-jobs`);
+      if (dismissed.status === 'rejected') throw dismissed.reason;
+    } else {
+      try {
+        const jobs = await client.execute<QmpJobInfo[]>('query-jobs', undefined, { timeoutMs: CLEANUP_TIMEOUT_MS });
+        job = jobs.find((candidate) => candidate.id === jobId);
+        if (job?.status === 'concluded') await client.execute('job-dismiss', { id: jobId }, { timeoutMs: CLEANUP_TIMEOUT_MS });
+      } catch {
+        // After a failed wait the wait's error is the one to report.
+      }
+      throw waitError;
     }
-    if (waitError !== undefined) throw waitError;
-    if (job === undefined) throw new QmpCommandError(command, 'JobFailed', `job ${jobId} is missing from query-jobs`);
     if (job.error !== undefined) throw new QmpCommandError(command, 'JobFailed', job.error);
   } finally {
     // Also releases the JOB_STATUS_CHANGE waiter when execute threw.
