@@ -1,6 +1,6 @@
 import { KernelBooted, loadRuntime, sandboxOf, type RuntimeLoaded } from '../../src/index.js';
 import { resultOf, since, type BenchGroup, type Metric } from '../benchmark.js';
-import { startRawSnapshotTarget } from './raw-snapshot.js';
+import { startVmstateSnapshotTarget, timedRawLoadOf } from './raw-snapshot.js';
 
 const evolve: Metric = { name: 'evolve', unit: 'ms' };
 const evolveClean: Metric = { name: 'evolve-clean', unit: 'ms' };
@@ -21,10 +21,11 @@ const DIRTY_PATH = '/tmp/evolvm-bench-dirty';
  *   has loaded the snapshot and resumed the guest; the guest's resync (hello, clock, RNG) runs behind it;
  * - `devolve-ready`: the same devolve until the guest has answered a ping sent right after it, which it does
  *   only after the resync (the agent serves its channel in order);
- * - `raw-snapshot-load`: right after each devolve, the same load (RAM image, device state, ROM ranges) driven
- *   straight over QMP. Interleaving the two keeps their ratio honest while other work on the host comes and goes.
- * - `vmstate-snapshot-load`: QEMU's own `snapshot-load` with RAM in the vmstate (what devolve used before), once
- *   per cycle, for comparison.
+ * - `raw-snapshot-load`: right after each devolve, the very snapshot that devolve loaded (same machine, tag and
+ *   RAM image), loaded again straight over QMP, after a change to the guest as before a devolve. Interleaving
+ *   the two keeps their ratio honest while other work on the host comes and goes.
+ * - `vmstate-snapshot-load`: QEMU's own `snapshot-load` with RAM in the vmstate (what devolve used before), on a
+ *   plain machine beside the sandbox, once per cycle, for comparison.
  * A first, untimed cycle takes the first snapshot and warms TCG's code cache.
  */
 export const lineageGroup: BenchGroup = {
@@ -36,7 +37,7 @@ export const lineageGroup: BenchGroup = {
     const transition = loadRuntime({ kind: 'shell' });
     const root = await KernelBooted.boot({ runDir }, { signal });
     try {
-      const raw = await startRawSnapshotTarget(context);
+      const vmstateTarget = await startVmstateSnapshotTarget(context);
       try {
         let booted = root;
         for (let cycle = 0; cycle <= cycles; cycle++) {
@@ -49,7 +50,7 @@ export const lineageGroup: BenchGroup = {
             return value;
           };
           const rawLoad = async () => {
-            const elapsed = await raw.timedLoad('ram-file');
+            const elapsed = await timedRawLoadOf(booted, signal);
             if (!warmUp) samples.raw.push(elapsed);
           };
           await booted.writeFile(DIRTY_PATH, `cycle ${cycle}\n`, { signal });
@@ -63,7 +64,7 @@ export const lineageGroup: BenchGroup = {
           runtime = await timed(samples.clean, () => booted.evolve(transition, { signal }));
           booted = await timed(samples.devolve, () => runtime.devolve({ signal }));
           await rawLoad();
-          const vmstateLoad = await raw.timedLoad('vmstate');
+          const vmstateLoad = await vmstateTarget.timedLoad();
           if (!warmUp) samples.vmstate.push(vmstateLoad);
           if (!warmUp) {
             const ms = (values: number[], count = 1) => values.slice(-count).map((value) => value.toFixed(0)).join('/');
@@ -71,7 +72,7 @@ export const lineageGroup: BenchGroup = {
           }
         }
       } finally {
-        await raw.stop();
+        await vmstateTarget.stop();
       }
       return [
         resultOf(evolve, samples.evolve),

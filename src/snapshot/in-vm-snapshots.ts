@@ -55,6 +55,11 @@ export class InVmSnapshots {
     return new Set(this.#tags.keys());
   }
 
+  /** Where `tag` keeps guest RAM: a sparse image file on tmpfs, or undefined when RAM is in its vmstate (or no such tag). */
+  ramImageOf(tag: string): string | undefined {
+    return this.#tags.get(tag);
+  }
+
   /**
    * Saves RAM, device state and the guest's disk under `tag`; the guest keeps running afterwards.
    * @throws {SnapshotError} with the QMP, file system or QEMU-exit error as cause; nothing of the tag is kept.
