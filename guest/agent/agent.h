@@ -66,6 +66,8 @@ void op_file_write(uint64_t id, const char *args);
 void op_file_read(uint64_t id, const char *args);
 void op_set_clock(uint64_t id, const char *args);
 void op_reseed(uint64_t id, const char *args);
+/* set_clock, then reseed, then answers as hello: the host's whole resync after a snapshot load, in one request. */
+void op_refresh(uint64_t id, const char *args);
 void op_shutdown(uint64_t id, const char *args);
 void op_rt_start(uint64_t id, const char *args);
 void op_rt_req(uint64_t id, const char *args);

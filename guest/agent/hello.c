@@ -8,7 +8,7 @@
 #include "agent.h"
 
 const char *const agent_ops[] = {
-	"ping", "hello", "exec", "file_write", "file_read", "set_clock", "reseed", "shutdown", "rt_start", "rt_req",
+	"ping", "hello", "exec", "file_write", "file_read", "set_clock", "reseed", "refresh", "shutdown", "rt_start", "rt_req",
 };
 const unsigned agent_nops = sizeof agent_ops / sizeof agent_ops[0];
 

@@ -33,6 +33,7 @@ static const struct {
 	{ "file_read", op_file_read },
 	{ "set_clock", op_set_clock },
 	{ "reseed", op_reseed },
+	{ "refresh", op_refresh },
 	{ "shutdown", op_shutdown },
 	{ "rt_start", op_rt_start },
 	{ "rt_req", op_rt_req },

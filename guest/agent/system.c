@@ -12,53 +12,78 @@
 
 bool shutdown_requested;
 
-void op_set_clock(uint64_t id, const char *args)
+/* Sets CLOCK_REALTIME from args' ns; on failure answers request id and returns false. */
+static bool set_clock(uint64_t id, const char *args)
 {
 	uint64_t ns;
 	if (!mp_get_uint(mp_find(args, "ns"), &ns)) {
-		res_err(id, "BAD_REQUEST", "set_clock: ns must be an unsigned integer");
-		return;
+		res_err(id, "BAD_REQUEST", "ns must be an unsigned integer");
+		return false;
 	}
 	struct timespec ts = { .tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u) };
 	if (clock_settime(CLOCK_REALTIME, &ts) < 0) {
 		res_errno(id, errno, "clock_settime", NULL);
-		return;
+		return false;
 	}
-	res_ok_empty(id);
+	return true;
 }
 
-void op_reseed(uint64_t id, const char *args)
+/* /dev/urandom, opened once: after a snapshot load every path the guest runs is translated afresh under TCG,
+ * and the open (path walk, device open) was a good part of a reseed's cost then. */
+static int urandom_fd = -1;
+
+/* Mixes args' seed into the kernel's pool and reseeds the CRNG from it; on failure answers id, returns false. */
+static bool reseed(uint64_t id, const char *args)
 {
 	const char *seed;
 	uint32_t len;
 	if (!mp_get_bin(mp_find(args, "seed"), &seed, &len) || len < 16 || len > 4096) {
-		res_err(id, "BAD_REQUEST", "reseed: seed must be 16..4096 bytes of bin");
-		return;
+		res_err(id, "BAD_REQUEST", "seed must be 16..4096 bytes of bin");
+		return false;
+	}
+	if (urandom_fd < 0 && (urandom_fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC)) < 0) {
+		res_errno(id, errno, "open", "/dev/urandom");
+		return false;
 	}
 	struct rand_pool_info *info = malloc(sizeof *info + len);
 	if (!info) {
 		res_err(id, "INTERNAL", "reseed: out of memory");
-		return;
+		return false;
 	}
 	info->entropy_count = (int)len * 8;
 	info->buf_size = (int)len;
 	memcpy(info->buf, seed, len);
-	int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
-	if (fd < 0) {
-		res_errno(id, errno, "open", "/dev/urandom");
-	} else if (ioctl(fd, RNDADDENTROPY, info) < 0) {
+	bool ok = false;
+	if (ioctl(urandom_fd, RNDADDENTROPY, info) < 0) {
 		res_errno(id, errno, "ioctl RNDADDENTROPY", NULL);
-	} else if (ioctl(fd, RNDRESEEDCRNG) < 0 && errno != ENODATA) {
+	} else if (ioctl(urandom_fd, RNDRESEEDCRNG) < 0 && errno != ENODATA) {
 		/* Once the CRNG is ready, added entropy only reaches it at its next scheduled reseed (up to 60 s
 		 * away): clones restored from one snapshot would read the same bytes until then. ENODATA: not ready
 		 * yet, and the credited entropy is what makes it ready. */
 		res_errno(id, errno, "ioctl RNDRESEEDCRNG", NULL);
 	} else {
-		res_ok_empty(id);
+		ok = true;
 	}
-	if (fd >= 0)
-		close(fd);
 	free(info);
+	return ok;
+}
+
+void op_set_clock(uint64_t id, const char *args)
+{
+	if (set_clock(id, args))
+		res_ok_empty(id);
+}
+
+void op_reseed(uint64_t id, const char *args)
+{
+	if (reseed(id, args))
+		res_ok_empty(id);
+}
+
+void op_refresh(uint64_t id, const char *args)
+{
+	if (set_clock(id, args) && reseed(id, args))
+		op_hello(id, args);
 }
 
 void op_shutdown(uint64_t id, const char *args)

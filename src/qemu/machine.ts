@@ -10,8 +10,7 @@ import { AgentSession, type RequestOptions } from './agent/agent-session.js';
 import {
   execInGuest,
   readGuestFile,
-  reseedGuestRng,
-  syncGuestClock,
+  refreshArgs,
   writeGuestFile,
   type ExecOptions,
   type ExecResult,
@@ -250,7 +249,16 @@ export class Machine implements AsyncDisposable {
    */
   async refreshIdentity(options: RequestOptions = {}): Promise<void> {
     this.assertGuestIo('refreshIdentity');
-    await Promise.all([syncGuestClock(this.#agent, options), reseedGuestRng(this.#agent, options)]);
+    await this.#agent.request('refresh', refreshArgs(), options);
+  }
+
+  /**
+   * After a snapshot load: fails the requests that were pending (their replies belong to a timeline that no
+   * longer exists), then in one request sets the guest clock, reseeds its RNG and reads a fresh hello.
+   * @throws {AgentTimeoutError} when the restored guest does not answer; the agent session's other errors.
+   */
+  async resyncAfterLoad(reason: string): Promise<void> {
+    await this.#agent.resync(reason, { op: 'refresh', args: refreshArgs() });
   }
 
   /**

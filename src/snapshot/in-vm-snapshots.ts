@@ -136,10 +136,10 @@ export class InVmSnapshots {
     machine.lifecycle.trySend({ type: 'RESTORE_DONE', paused: false });
     let resynced: Promise<void>;
     try {
-      // resync fails what was pending and sends hello at once; the clock and RNG requests follow it. Not under the
-      // caller's signal: this goes on after load returns, bounded by the agent's timeout.
-      const hello = machine.agent.resync(`restored snapshot ${tag}`);
-      resynced = step('load: agent resync + clock + RNG (in the guest)', () => Promise.all([hello, machine.refreshIdentity()])).then(
+      // Fails what was pending and sends the request at once. Not under the caller's signal: this goes on after
+      // load returns, bounded by the agent's timeout.
+      const resync = machine.resyncAfterLoad(`restored snapshot ${tag}`);
+      resynced = step('load: agent resync + clock + RNG (in the guest)', () => resync).then(
         () => {},
         (error: unknown) => {
           throw new SnapshotError('load', tag, { cause: machine.exitError ?? error });

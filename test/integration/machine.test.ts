@@ -22,7 +22,7 @@ describe('a booted machine', () => {
   it('says hello with protocol version and guest facts', () => {
     expect(vm.hello).toMatchObject({ v: 1, arch: 'x86_64', cpus: 1 });
     expect(vm.hello.kernel).toMatch(/cloud-amd64/);
-    expect(vm.hello.ops).toEqual(expect.arrayContaining(['ping', 'exec', 'file_write', 'file_read', 'set_clock', 'reseed']));
+    expect(vm.hello.ops).toEqual(expect.arrayContaining(['ping', 'exec', 'file_write', 'file_read', 'set_clock', 'reseed', 'refresh']));
     expect(vm.state).toBe('running');
   });
 
@@ -155,6 +155,18 @@ describe('guest files', () => {
 });
 
 describe('clock and entropy', () => {
+  it('refreshes clock and RNG in one request that answers with the hello map, and refuses a bad seed', async () => {
+    await vm.exec(['date', '-s', '@1000000000']);
+    const value = (await vm.request('refresh', { ns: BigInt(Date.now()) * 1_000_000n, seed: Buffer.alloc(32, 7) })) as Record<string, unknown>;
+    expect(value).toMatchObject({ v: 1, arch: 'x86_64', boot_id: vm.hello.boot_id });
+    const guestSeconds = Number((await vm.exec(['date', '+%s'])).stdout.trim());
+    expect(Math.abs(guestSeconds - Date.now() / 1000)).toBeLessThan(5);
+    await expect(vm.request('refresh', { ns: BigInt(Date.now()) * 1_000_000n, seed: Buffer.alloc(8) })).rejects.toMatchObject({ guestCode: 'BAD_REQUEST' });
+    // Before the guest's boot time: the kernel refuses it.
+    await expect(vm.request('refresh', { ns: 1n, seed: Buffer.alloc(32) })).rejects.toMatchObject({ guestCode: 'EINVAL' });
+    await expect(vm.request('refresh', { seed: Buffer.alloc(32) })).rejects.toMatchObject({ guestCode: 'BAD_REQUEST' });
+  });
+
   it('sets the guest clock to the host time', async () => {
     await vm.exec(['date', '-s', '@1000000000']);
     await vm.refreshIdentity();

@@ -91,8 +91,8 @@ describe('QEMU dying under a stage operation', () => {
     const booted = await KernelBooted.boot({ runDir });
     const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
     const { machine } = sandboxOf(runtime);
-    // The guest's clock request is never answered (as from a guest hung right after the load).
-    vi.spyOn(machine, 'refreshIdentity').mockRejectedValueOnce(new AgentTimeoutError('set_clock', 10));
+    // The guest's resync is never answered (as from a guest hung right after the load).
+    vi.spyOn(machine, 'resyncAfterLoad').mockRejectedValueOnce(new AgentTimeoutError('refresh', 10));
     const back = await runtime.devolve();
     const error = await back.exec(['true']).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(StagePoisonedError);

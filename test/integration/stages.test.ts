@@ -122,12 +122,12 @@ describe('the guest after a devolve', () => {
     // The snapshot taken here holds a guest clock in 2001.
     const runtime = await root.evolve(loadRuntime({ kind: 'shell' }));
     const { machine } = sandboxOf(runtime);
-    const refresh = machine.refreshIdentity.bind(machine);
+    const resync = machine.resyncAfterLoad.bind(machine);
     let refreshed = false;
-    // The clock and RNG requests held back on the host for a while, so the order below does not hang on timing.
-    const spy = vi.spyOn(machine, 'refreshIdentity').mockImplementation(async (options) => {
+    // The resync (clock, RNG, hello) held back on the host for a while, so the order below does not hang on timing.
+    const spy = vi.spyOn(machine, 'resyncAfterLoad').mockImplementation(async (reason) => {
       await new Promise((resolve) => setTimeout(resolve, 300));
-      await refresh(options);
+      await resync(reason);
       refreshed = true;
     });
     try {

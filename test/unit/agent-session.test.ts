@@ -149,6 +149,15 @@ describe('AgentSession', () => {
     expect(hello.boot_id).toBe('after');
     expect(session.hello.boot_id).toBe('after');
   });
+
+  it('resync reads the fresh hello with the op it is given', async () => {
+    const { session, peer } = await start((p, r) => {
+      if (r.op === 'refresh') p.reply(r, { v: 1, agent: 'fake/0', kernel: '6.1', arch: 'x86_64', boot_id: 'refreshed', max_frame: 1 << 24, ops: [], mem_kib: 1, cpus: 1 });
+    });
+    const hello = await session.resync('restored', { op: 'refresh', args: { ns: 5n } });
+    expect(hello.boot_id).toBe('refreshed');
+    expect(peer.requests.at(-1)).toMatchObject({ op: 'refresh', a: { ns: 5 } });
+  });
 });
 
 describe('guest operations over the session', () => {

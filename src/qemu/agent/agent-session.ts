@@ -61,6 +61,14 @@ interface Pending {
 
 type SessionState = 'running' | 'closed';
 
+export interface ResyncOptions {
+  /** The request that reads the fresh hello (default `hello`). */
+  op?: string;
+  args?: Record<string, unknown>;
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
 /** Host-function calls the guest may have in flight at once; more are refused (the guest is untrusted). */
 export const MAX_HOST_CALLS_IN_FLIGHT = 64;
 
@@ -183,15 +191,17 @@ export class AgentSession {
 
   /**
    * Called after the VM's memory was restored from a snapshot: fails every pending request (their replies
-   * belong to a timeline that no longer exists) and asks the guest for a fresh hello.
+   * belong to a timeline that no longer exists) and asks the guest for a fresh hello, with `op` (default
+   * `hello`; any op that answers with the hello map, such as `refresh`).
    * @throws {AgentTimeoutError} when the restored guest does not answer.
+   * @throws {GuestOperationError} when the guest answers `op` with an error.
    */
-  async resync(reason: string, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<GuestHello> {
+  async resync(reason: string, options: ResyncOptions = {}): Promise<GuestHello> {
     this.failPending(new AgentDisconnectedError(undefined, reason));
     // A frame cut short by the restore will never be finished: start the stream afresh. The restored guest was
     // quiet when its snapshot was saved (see whenIdle), so its next byte starts a frame.
     this.#decoder = new FrameDecoder(this.#options.maxFrameBytes ?? MAX_FRAME_BYTES);
-    const value = await this.request('hello', {}, options);
+    const value = await this.request(options.op ?? 'hello', options.args ?? {}, options);
     this.#hello = parseHello(value);
     return this.#hello;
   }

@@ -163,13 +163,10 @@ export async function readGuestFile(session: AgentSession, path: string, options
   return Buffer.concat(parts);
 }
 
-/** Sets the guest's wall clock to the host's (after every restore, QEMU-NOTES pitfall 9). */
-export async function syncGuestClock(session: AgentSession, options: RequestOptions = {}): Promise<void> {
-  const ns = BigInt(Date.now()) * 1_000_000n;
-  await session.request('set_clock', { ns }, options);
-}
-
-/** Mixes fresh host entropy into the guest's RNG (clones and restores share RNG state, pitfall 10). */
-export async function reseedGuestRng(session: AgentSession, options: RequestOptions = {}): Promise<void> {
-  await session.request('reseed', { seed: randomBytes(64) }, options);
+/**
+ * The arguments of the agent's `refresh`: the host's wall clock (a restored guest's is the snapshot's,
+ * QEMU-NOTES pitfall 9) and fresh entropy (clones and restores share RNG state, pitfall 10).
+ */
+export function refreshArgs(): { ns: bigint; seed: Buffer } {
+  return { ns: BigInt(Date.now()) * 1_000_000n, seed: randomBytes(64) };
 }
