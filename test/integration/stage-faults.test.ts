@@ -105,6 +105,31 @@ describe('QEMU dying under a stage operation', () => {
     expect(ramImagesOf(back)).toEqual([]);
   });
 
+  it('right after a devolve, while the guest resyncs: the next operation fails typed, saying QEMU exited', async () => {
+    const booted = await KernelBooted.boot({ runDir });
+    const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
+    const back = await runtime.devolve();
+    process.kill(sandboxOf(back).machine.pid, 'SIGKILL');
+    const error = await back.exec(['true']).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(StagePoisonedError);
+    expect((error as StagePoisonedError).reason).toMatch(/QEMU exited/);
+    await expectPoisoned([booted, runtime, back]);
+    await back.close();
+    expect(qemuProcessesUnder(runDir)).toEqual([]);
+    expect(ramImagesOf(back)).toEqual([]);
+  });
+
+  it('a close right after a devolve, while the guest resyncs: no error, every stage object closed, nothing leaks', async () => {
+    const booted = await KernelBooted.boot({ runDir });
+    const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
+    const back = await runtime.devolve();
+    await back.close();
+    for (const stage of [booted, runtime, back]) expect(stage.status).toBe('poisoned');
+    await expect(back.exec(['true'])).rejects.toMatchObject({ reason: 'sandbox closed' });
+    expect(qemuProcessesUnder(runDir)).toEqual([]);
+    expect(ramImagesOf(back)).toEqual([]);
+  });
+
   it("during a persist's migration: the persist fails typed, the store keeps nothing of it, nothing leaks", async () => {
     const storeDir = mkdtempSync(join(tmpdir(), 'evolvm-fault-store-'));
     try {
