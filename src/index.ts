@@ -11,6 +11,7 @@ export { Stage, RootStage, ChildStage, sandboxOf, type StageClass, type StageSta
 export { Sandbox, type SandboxBootOptions, type LineageNode, type PersistOptions, type RestoreOptions, type ForkOptions, type PreparedSandboxRestore } from './states/sandbox.js';
 export { SandboxPool, MAX_POOL_SIZE, type PoolOptions } from './states/sandbox-pool.js';
 export type { GuestAccess } from './states/guest-access.js';
+export type { RuntimeAddress } from './qemu/agent/runtime-channel.js';
 export { KernelBooted } from './states/kernel-booted.js';
 export { RuntimeLoaded, type RuntimeInfo } from './states/runtime-loaded.js';
 export { UserCodeLoaded, type CodeInfo, type CallOptions, type CallValue, type ExportInfo } from './states/user-code-loaded.js';

@@ -104,6 +104,7 @@ void do_shutdown(int port_fd) __attribute__((noreturn));
 
 /* port.c */
 int port_open(const char *name);
+int port_try_open(const char *want);
 bool port_host_connected(int fd);
 
 #endif

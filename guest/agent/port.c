@@ -7,7 +7,7 @@
 #include <unistd.h>
 #include "agent.h"
 
-static int try_open(const char *want)
+int port_try_open(const char *want)
 {
 	DIR *d = opendir("/sys/class/virtio-ports");
 	if (!d)
@@ -45,7 +45,7 @@ int port_open(const char *name)
 	int64_t start = now_ms();
 	bool warned = false;
 	for (;;) {
-		int fd = try_open(name);
+		int fd = port_try_open(name);
 		if (fd >= 0)
 			return fd;
 		if (!warned && now_ms() - start > 3000) {

@@ -23,6 +23,9 @@
 /* A runtime that has not said ready by then is killed; so is one still alive this long after closing
  * its stdout. */
 #define RT_READY_TIMEOUT_MS 30000
+/* The virtio port a runtime may serve the host on directly (rt_start's direct), and the fd it gets it on. */
+#define RT_DIRECT_PORT "org.evolvm.rt"
+#define RT_DIRECT_FD 3
 #define RT_EOF_GRACE_MS 1000
 
 extern char **environ;
@@ -40,6 +43,7 @@ struct runtime {
 	bool reaped;
 	bool broken; /* killed for a protocol violation or a missed deadline */
 	bool eof;    /* its stdout is closed: it should be exiting */
+	bool direct; /* it holds the direct port (RUNTIMES.md) */
 	char name[RT_NAME_MAX + 1];
 	char version[128];
 	pid_t pid;
@@ -59,6 +63,7 @@ struct runtime {
 
 static struct runtime rts[RT_MAX];
 static const char *const base_env[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", NULL };
+static const char *const direct_env[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "EVOLVM_RT_DIRECT_FD=3", NULL };
 
 static struct runtime *find_rt(const char *name, uint32_t len)
 {
@@ -211,10 +216,11 @@ static void on_ready(struct runtime *rt, const char *map)
 		snprintf(rt->version, sizeof rt->version, "%.*s", (int)len, v);
 	rt->ready = true;
 	if (rt->start_id) {
-		res_ok_begin(rt->start_id, 3);
+		res_ok_begin(rt->start_id, 4);
 		oq_str("pid"); oq_uint((uint64_t)rt->pid);
 		oq_str("name"); oq_str(rt->name);
 		oq_str("version"); oq_str(rt->version);
+		oq_str("direct"); oq_bool(rt->direct);
 		oq_end();
 		rt->start_id = 0;
 	}
@@ -413,7 +419,7 @@ static int read_conf(const char *name, char *exec, size_t exec_size, char *versi
 	return 0;
 }
 
-static void spawn_child(const char *exec, int in, int out)
+static void spawn_child(const char *exec, int in, int out, int direct)
 {
 	sigset_t set;
 	sigemptyset(&set);
@@ -422,9 +428,12 @@ static void spawn_child(const char *exec, int in, int out)
 	setpgid(0, 0);
 	if (dup2(in, 0) < 0 || dup2(out, 1) < 0)
 		_exit(126);
+	/* dup2 onto itself would keep close-on-exec */
+	if (direct >= 0 && (direct == RT_DIRECT_FD ? fcntl(direct, F_SETFD, 0) : dup2(direct, RT_DIRECT_FD)) < 0)
+		_exit(126);
 	if (chdir("/") < 0)
 		_exit(126);
-	environ = (char **)base_env;
+	environ = (char **)(direct >= 0 ? direct_env : base_env);
 	char *argv[] = { (char *)exec, NULL };
 	execv(exec, argv);
 	dprintf(2, "evolvm-agent: exec runtime %s: %s\n", exec, strerror(errno));
@@ -469,32 +478,60 @@ void op_rt_start(uint64_t id, const char *args)
 		res_errno(id, errno, "rt_start: exec", exec);
 		return;
 	}
+	bool want_direct = false;
+	const char *dv = mp_find(args, "direct");
+	if (dv && mp_typeof(*dv) != MP_NIL && !mp_get_bool(dv, &want_direct)) {
+		res_err(id, "BAD_REQUEST", "rt_start: direct must be a bool");
+		return;
+	}
+	/* Only one process may hold a virtio port: a second runtime asking for it is told EBUSY. A guest
+	 * without the port (ENOENT) starts the runtime without it, and says so in the reply. */
+	int direct = -1;
+	if (want_direct) {
+		for (int i = 0; i < RT_MAX; i++)
+			if (rts[i].used && rts[i].direct && !rts[i].reaped) {
+				res_err(id, "EBUSY", "rt_start: runtime %s holds the direct port", rts[i].name);
+				return;
+			}
+		direct = port_try_open(RT_DIRECT_PORT);
+		/* The runtime reads it blocking; the flag is the open file's, which only the runtime keeps. */
+		if (direct >= 0)
+			fcntl(direct, F_SETFL, 0);
+	}
 	int in[2], out[2];
 	if (pipe2(in, O_CLOEXEC) < 0) {
 		res_errno(id, errno, "rt_start: pipe", NULL);
+		if (direct >= 0)
+			close(direct);
 		return;
 	}
 	if (pipe2(out, O_CLOEXEC) < 0) {
 		res_errno(id, errno, "rt_start: pipe", NULL);
 		close(in[0]);
 		close(in[1]);
+		if (direct >= 0)
+			close(direct);
 		return;
 	}
 	pid_t pid = fork();
 	if (pid < 0) {
 		res_errno(id, errno, "rt_start: fork", NULL);
 		close(in[0]); close(in[1]); close(out[0]); close(out[1]);
+		if (direct >= 0)
+			close(direct);
 		return;
 	}
 	if (pid == 0)
-		spawn_child(exec, in[0], out[1]);
+		spawn_child(exec, in[0], out[1], direct);
 	setpgid(pid, pid);
 	close(in[0]);
 	close(out[1]);
+	if (direct >= 0)
+		close(direct);
 	fcntl(in[1], F_SETFL, O_NONBLOCK);
 	fcntl(out[0], F_SETFL, O_NONBLOCK);
 
-	*rt = (struct runtime){ .used = true, .pid = pid, .start_id = id, .in_fd = in[1], .out_fd = out[0] };
+	*rt = (struct runtime){ .used = true, .pid = pid, .start_id = id, .in_fd = in[1], .out_fd = out[0], .direct = direct >= 0 };
 	rt->q_tail = &rt->q_head;
 	rt->next_local_id = 1;
 	rt->deadline = now_ms() + RT_READY_TIMEOUT_MS;

@@ -1,5 +1,6 @@
 import type { MachineConfig } from './config.js';
 import type { RunPaths } from './run-paths.js';
+import { RUNTIME_PORT_ID, RUNTIME_PORT_NAME } from './agent/runtime-channel.js';
 
 /** The virtio-serial port name the guest agent looks for (guest/PROTOCOL.md). */
 export const AGENT_PORT_NAME = 'org.evolvm.agent';
@@ -114,6 +115,9 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
     '-device', `virtio-serial-${bus},id=vser0`,
     '-chardev', `socket,id=agent,path=${paths.agentSocket},server=on,wait=off`,
     '-device', `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
+    // A runtime may serve the host on a port of its own, skipping the agent's relay (guest/RUNTIMES.md).
+    '-chardev', `socket,id=rt,path=${paths.runtimeSocket},server=on,wait=off`,
+    '-device', `virtserialport,bus=vser0.0,chardev=rt,name=${RUNTIME_PORT_NAME},id=${RUNTIME_PORT_ID}`,
     '-drive', `if=none,id=data,node-name=${DATA_NODE},file=${paths.dataDisk},format=qcow2,cache=unsafe,discard=unmap`,
     '-device', `virtio-blk-${bus},drive=data`,
     // Holds vmstate only; no guest device, so the guest cannot touch snapshots.

@@ -7,6 +7,7 @@ import { CleanupStack } from '../util/cleanup-stack.js';
 import { step } from '../util/trace.js';
 import { hostTscKhz, kvmUsable, resolveAccelerators } from './accel.js';
 import { AgentSession, type RequestOptions } from './agent/agent-session.js';
+import { RUNTIME_PORT_ID, RuntimeChannel, type RuntimeAddress } from './agent/runtime-channel.js';
 import {
   execInGuest,
   readGuestFile,
@@ -47,6 +48,7 @@ interface MachineParts {
   readonly process: QemuProcess;
   readonly qmp: QmpClient;
   readonly agent: AgentSession;
+  readonly runtime: RuntimeChannel;
   readonly cleanup: CleanupStack;
   readonly lifecycle: Lifecycle;
 }
@@ -74,6 +76,7 @@ export class Machine implements AsyncDisposable {
   readonly #process: QemuProcess;
   readonly #cleanup: CleanupStack;
   #agent: AgentSession;
+  readonly #runtime: RuntimeChannel;
   #exitError: QemuExitedError | undefined;
   readonly #exitListeners = new Set<(error: QemuExitedError) => void>();
   #stopping: Promise<void> | undefined;
@@ -89,6 +92,13 @@ export class Machine implements AsyncDisposable {
     this.#process = parts.process;
     this.#cleanup = parts.cleanup;
     this.#agent = parts.agent;
+    this.#runtime = parts.runtime;
+    // A runtime holding the direct port closes it when it exits: what was pending on it fails then.
+    this.qmp.on('event', (event) => {
+      if (event.event === 'VSERPORT_CHANGE' && event.data['id'] === RUNTIME_PORT_ID && event.data['open'] === false) {
+        this.#runtime.peerClosed('the runtime holding the direct port closed it (it exited)');
+      }
+    });
     void this.#process.exited.then(() => this.#onExit());
   }
 
@@ -176,6 +186,11 @@ export class Machine implements AsyncDisposable {
     return this.#agent;
   }
 
+  /** The host end of the runtimes' direct port (advanced use: the snapshot layer resets it around a load). */
+  get runtimeChannel(): RuntimeChannel {
+    return this.#runtime;
+  }
+
   /** The run-time lifecycle state. */
   get state(): LifecycleState {
     return this.lifecycle.state;
@@ -244,6 +259,26 @@ export class Machine implements AsyncDisposable {
   }
 
   /**
+   * One request to a runtime started with `rt_start` (guest/RUNTIMES.md): over the direct port when the runtime
+   * holds it, else relayed by the agent (`rt_req`). The reply's value and errors are the runtime's either way.
+   * @throws see {@link exec}.
+   */
+  async runtimeRequest(runtime: RuntimeAddress, op: string, args: Record<string, unknown> = {}, options: RequestOptions = {}): Promise<unknown> {
+    this.assertGuestIo(op);
+    if (runtime.direct) return this.#runtime.request(op, args, options);
+    return this.#agent.request('rt_req', { name: runtime.kind, op, a: args }, options);
+  }
+
+  /**
+   * Resolves once no request is in flight on the agent's channel or the runtimes' port, so that a snapshot taken
+   * now holds no half-sent frame.
+   * @throws {AgentTimeoutError} when requests are still pending after `timeoutMs`.
+   */
+  async whenIdle(timeoutMs: number): Promise<void> {
+    await Promise.all([this.#agent.whenIdle(timeoutMs), this.#runtime.whenIdle(timeoutMs)]);
+  }
+
+  /**
    * Sets the guest clock to the host's and reseeds its RNG: what every restored guest needs.
    * @throws see {@link exec}.
    */
@@ -258,6 +293,7 @@ export class Machine implements AsyncDisposable {
    * @throws {AgentTimeoutError} when the restored guest does not answer; the agent session's other errors.
    */
   async resyncAfterLoad(reason: string): Promise<void> {
+    this.#runtime.afterLoad(reason);
     await this.#agent.resync(reason, { op: 'refresh', args: refreshArgs() });
   }
 
@@ -318,6 +354,7 @@ export class Machine implements AsyncDisposable {
     this.lifecycle.trySend({ type: 'STOP' });
     if (!this.#process.exitInfo) {
       this.#agent.close();
+      this.#runtime.close();
       await this.qmp.execute('quit', {}, { timeoutMs: 2_000 }).catch(() => {});
       const exited = await Promise.race([this.#process.exited, delay(this.config.killGraceMs)]);
       if (!exited) await this.#process.kill();
@@ -332,6 +369,7 @@ export class Machine implements AsyncDisposable {
     if (expected) return;
     this.#exitError = new QemuExitedError(info.exitCode, info.signal, this.#process.diagnosticTail());
     this.#agent.close(this.#exitError);
+    this.#runtime.close(this.#exitError);
     for (const listener of this.#exitListeners) listener(this.#exitError);
     this.#exitListeners.clear();
     // The process is gone; release sockets and the run directory now rather than at stop().
@@ -389,13 +427,13 @@ async function spawnQemu(
  * with QMP connected. Use it once: {@link start} it, or {@link discard} it.
  */
 export class PreparedRestore {
-  readonly #parts: Omit<MachineParts, 'id' | 'lifecycle' | 'agent'>;
+  readonly #parts: Omit<MachineParts, 'id' | 'lifecycle' | 'agent' | 'runtime'>;
   readonly #source: RestoreSource;
   readonly #make: (parts: MachineParts) => Machine;
   #used = false;
 
   /** @internal Made by {@link Machine.prepareRestore}. */
-  constructor(parts: Omit<MachineParts, 'id' | 'lifecycle' | 'agent'>, source: RestoreSource, make: (parts: MachineParts) => Machine) {
+  constructor(parts: Omit<MachineParts, 'id' | 'lifecycle' | 'agent' | 'runtime'>, source: RestoreSource, make: (parts: MachineParts) => Machine) {
     this.#parts = parts;
     this.#source = source;
     this.#make = make;
@@ -504,10 +542,21 @@ async function connectChannels(
   signal: AbortSignal | undefined,
   restore?: (qmp: QmpClient) => Promise<void>,
   connected?: QmpClient,
-): Promise<{ qmp: QmpClient; agent: AgentSession }> {
+): Promise<{ qmp: QmpClient; agent: AgentSession; runtime: RuntimeChannel }> {
   const qmpFailed = new AbortController();
   const agentSignal = signal ? AbortSignal.any([signal, qmpFailed.signal]) : qmpFailed.signal;
   const agentPromise = connectAgent(config, paths, process, agentSignal, restore !== undefined);
+  const runtime = new RuntimeChannel({
+    socketPath: paths.runtimeSocket,
+    connectTimeoutMs: config.bootTimeoutMs,
+    requestTimeoutMs: config.agentTimeoutMs,
+    closeReason: () => exitReason(process),
+  });
+  cleanup.defer('runtime channel', () => runtime.close());
+  // Connected alongside the agent, so that a restored runtime holding the port finds the host there at once.
+  const runtimePromise = runtime.connect(agentSignal);
+  // A failed agent ends the wait for the runtime port too (QEMU may be gone: its socket never appears).
+  agentPromise.catch((error: unknown) => qmpFailed.abort(error));
   const qmpPromise = (async () => {
     const qmp = connected ?? (await QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal }));
     // Registered as soon as it exists, even if the agent fails.
@@ -516,11 +565,12 @@ async function connectChannels(
     return qmp;
   })();
   qmpPromise.catch((error: unknown) => qmpFailed.abort(error));
-  const [qmp, agent] = await Promise.allSettled([qmpPromise, agentPromise]);
+  const [qmp, agent, runtimeConnected] = await Promise.allSettled([qmpPromise, agentPromise, runtimePromise]);
   if (agent.status === 'fulfilled') cleanup.defer('agent', () => agent.value.close());
   if (qmp.status === 'rejected') throw qmp.reason;
   if (agent.status === 'rejected') throw agent.reason;
-  return { qmp: qmp.value, agent: agent.value };
+  if (runtimeConnected.status === 'rejected') throw runtimeConnected.reason;
+  return { qmp: qmp.value, agent: agent.value, runtime };
 }
 
 function connectAgent(

@@ -5,6 +5,8 @@ export interface RunPaths {
   readonly dir: string;
   readonly qmpSocket: string;
   readonly agentSocket: string;
+  /** The runtimes' direct port (guest/RUNTIMES.md). */
+  readonly runtimeSocket: string;
   /** Where QEMU listens for a restore's device state, and where a persist's `migrate` sends its own. */
   readonly incomingSocket: string;
   readonly migrationSocket: string;
@@ -24,6 +26,7 @@ export function runPaths(dir: string, shmDir = '/dev/shm'): RunPaths {
     dir,
     qmpSocket: join(dir, 'qmp.sock'),
     agentSocket: join(dir, 'agent.sock'),
+    runtimeSocket: join(dir, 'rt.sock'),
     incomingSocket: join(dir, 'incoming.sock'),
     migrationSocket: join(dir, 'migration.sock'),
     consoleLog: join(dir, 'console.log'),

@@ -70,7 +70,7 @@ export class InVmSnapshots {
     machine.lifecycle.send({ type: 'SAVE' });
     try {
       // No new guest I/O starts while saving; wait for what is in flight so no frame is cut by the snapshot.
-      await machine.agent.whenIdle(machine.config.agentTimeoutMs);
+      await machine.whenIdle(machine.config.agentTimeoutMs);
       const mode = await this.#ramMode(options);
       if (mode.kind === 'vmstate') {
         await this.#job('snapshot-save', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE, DATA_NODE] }, options);
@@ -112,6 +112,8 @@ export class InVmSnapshots {
   async load(tag: string, options: SnapshotCallOptions = {}): Promise<LoadedSnapshot> {
     const machine = this.#machine;
     machine.lifecycle.send({ type: 'RESTORE' });
+    // Before the guest stops: bytes QEMU has not read from a dropped connection are gone by the time it resumes.
+    machine.runtimeChannel.beforeLoad(`restored snapshot ${tag}`);
     try {
       const image = this.#tags.get(tag);
       if (image === undefined) {

@@ -9,6 +9,8 @@ export interface RuntimeInfo {
   readonly pid: number;
   /** The runtime's own version string. */
   readonly version: string;
+  /** Whether the runtime serves the host on its own port (guest/RUNTIMES.md); absent means relayed by the agent. */
+  readonly direct?: boolean;
 }
 
 /** A runtime is loaded in the guest, ready for user code. */

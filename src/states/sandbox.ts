@@ -241,6 +241,12 @@ export class Sandbox {
         this.#currentNode.dirty = true;
         return this.machine.request(op, args, this.#withHostCalls(options));
       },
+      runtimeRequest: async (runtime, op, args, options) => {
+        if (this.#resyncing) await this.#whenReady(stage, operation);
+        else this.#assertReady(stage, operation);
+        this.#currentNode.dirty = true;
+        return this.machine.runtimeRequest(runtime, op, args, this.#withHostCalls(options));
+      },
     };
   }
 
@@ -316,7 +322,7 @@ export class Sandbox {
       const parent = nearestPersisted(node.parent, store);
       machine.lifecycle.send({ type: 'SAVE' });
       try {
-        await machine.agent.whenIdle(machine.config.agentTimeoutMs);
+        await machine.whenIdle(machine.config.agentTimeoutMs);
         const info = await store.create(
           name,
           async (_staging, context) => {
@@ -688,6 +694,7 @@ export class Sandbox {
       readFile: (path, options) => this.machine.readFile(path, bound(options)),
       writeFile: (path, data, options) => this.machine.writeFile(path, data, bound(options)),
       request: (op, args, options) => this.machine.request(op, args, this.#withHostCalls(bound(options))),
+      runtimeRequest: (runtime, op, args, options) => this.machine.runtimeRequest(runtime, op, args, this.#withHostCalls(bound(options))),
     };
   }
 

@@ -1,4 +1,5 @@
 import type { RequestOptions } from '../qemu/agent/agent-session.js';
+import type { RuntimeAddress } from '../qemu/agent/runtime-channel.js';
 import type { ExecOptions, ExecResult, FileReadOptions, FileWriteOptions } from '../qemu/agent/guest-ops.js';
 import type { Transition } from '../transitions/transition.js';
 import type { GuestAccess } from './guest-access.js';
@@ -143,6 +144,15 @@ export abstract class Stage<Data = unknown> implements AsyncDisposable, GuestAcc
    */
   request(op: string, args?: Record<string, unknown>, options?: RequestOptions): Promise<unknown> {
     return handleOf(this).sandbox.guestFor(this, 'request').request(op, args, options);
+  }
+
+  /**
+   * One request to a runtime in the guest on behalf of this stage, over the runtime's direct port when it holds
+   * one (guest/RUNTIMES.md).
+   * @throws see {@link exec}.
+   */
+  runtimeRequest(runtime: RuntimeAddress, op: string, args?: Record<string, unknown>, options?: RequestOptions): Promise<unknown> {
+    return handleOf(this).sandbox.guestFor(this, 'runtimeRequest').runtimeRequest(runtime, op, args, options);
   }
 
   /**

@@ -17,6 +17,8 @@ export interface CodeInfo {
   readonly sha256: string;
   readonly bytes: number;
   readonly runtime: RuntimeKind;
+  /** Whether the runtime serves calls on its own port (from {@link RuntimeInfo.direct}). */
+  readonly direct?: boolean;
   readonly exports: readonly ExportInfo[];
 }
 
@@ -93,7 +95,7 @@ export class UserCodeLoaded extends ChildStage<RuntimeLoaded, CodeInfo> {
     if (this.data.runtime === 'shell') {
       return Promise.reject(new GuestOperationError(op, 'UNSUPPORTED', 'the shell runtime has no linear memory'));
     }
-    return this.request('rt_req', { name: this.data.runtime, op, a }, options);
+    return this.runtimeRequest({ kind: this.data.runtime, direct: this.data.direct }, op, a, options);
   }
 
   async #callShell(options: CallOptions, name: string, args: CallValue[]): Promise<string> {

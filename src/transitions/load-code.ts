@@ -27,7 +27,7 @@ export function loadCode(code: string | Uint8Array): Transition<RuntimeLoaded, U
     run: async ({ guest, source }): Promise<CodeInfo> => {
       const runtime = source.runtime.kind;
       const exports = runtime === 'shell' ? await loadShell(guest, bytes) : await loadIntoRuntime(guest, source, bytes);
-      return { sha256, bytes: bytes.length, runtime, exports };
+      return { sha256, bytes: bytes.length, runtime, ...(source.runtime.direct ? { direct: true } : {}), exports };
     },
   });
 }
@@ -38,7 +38,7 @@ async function loadIntoRuntime(guest: GuestAccess, source: RuntimeLoaded, code: 
     params: s.wasm?.params ?? [],
     results: s.wasm?.results ?? [],
   }));
-  const value = (await guest.request('rt_req', { name: source.runtime.kind, op: 'load', a: { code, imports } })) as { exports?: unknown };
+  const value = (await guest.runtimeRequest(source.runtime, 'load', { code, imports })) as { exports?: unknown };
   if (!Array.isArray(value?.exports)) throw new GuestProtocolViolationError('runtime load reply without exports');
   return value.exports.map((e: { name?: unknown; params?: unknown; results?: unknown }) => ({
     name: String(e?.name),

@@ -1,6 +1,7 @@
 /* The runtime side of the agent <-> runtime channel; see rtchan.h. */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +10,6 @@
 #include <msgpuck.h>
 #include "rtchan.h"
 
-static int chan_in = -1, chan_out = -1;
 static char log_name[64] = "evolvm-rt";
 static uint64_t next_call;
 
@@ -87,13 +87,37 @@ void mpb_raw(struct mpb *b, const char *d, size_t n)
 	}
 }
 
+/* A channel the runtime is served on: the agent's (stdin/stdout), and optionally the host's direct virtio
+ * port (EVOLVM_RT_DIRECT_FD, see RUNTIMES.md). Each has its own input buffer: in[in_off..in_len) read and not
+ * yet taken. Reads take what is there (up to the buffer's room), so a frame usually costs one read(). */
+struct chan {
+	const char *what;
+	int in_fd, out_fd;
+	bool direct;
+	char *in;
+	size_t in_off, in_len, in_cap;
+};
+static struct chan agent_chan = { .what = "the agent", .in_fd = -1, .out_fd = -1 };
+static struct chan direct_chan = { .what = "the host", .in_fd = -1, .out_fd = -1, .direct = true };
+/* The channel of the request being served: replies and host calls go back on it. */
+static struct chan *cur = &agent_chan;
+#define IN_MIN (64u << 10)
+/* How long to wait on the agent alone while the host is not connected to the direct port (it reconnects
+ * after a snapshot load that may have left stale bytes in its socket). */
+#define DIRECT_HUP_BACKOFF_MS 5
+
 static void write_all(const char *p, size_t n)
 {
 	while (n > 0) {
-		ssize_t w = write(chan_out, p, n);
+		ssize_t w = write(cur->out_fd, p, n);
 		if (w < 0) {
 			if (errno == EINTR)
 				continue;
+			if (cur->direct) {
+				/* The host went away mid-reply: that request is lost to it anyway. */
+				rt_log("writing to the host: %s; reply dropped", strerror(errno));
+				return;
+			}
 			rt_log("writing to the agent: %s; exiting", strerror(errno));
 			_exit(1);
 		}
@@ -113,69 +137,172 @@ int rt_send(struct mpb *b)
 	return 0;
 }
 
-/* Bytes read from the agent and not yet taken: in[in_off..in_len). Reads take what is there (up to the
- * buffer's room), so a frame usually costs one read() rather than one for its length and one for its body. */
-static char *in;
-static size_t in_off, in_len, in_cap;
-#define IN_MIN (64u << 10)
-
-/* Has at least n bytes buffered (n <= 4 + RT_MAX_FRAME); false at EOF before any byte of a frame, exits on
- * EOF inside one. */
-static bool buffer(size_t n)
+static size_t buffered(const struct chan *c)
 {
-	if (in_len - in_off >= n)
-		return true;
-	if (in_off > 0) {
-		memmove(in, in + in_off, in_len - in_off);
-		in_len -= in_off;
-		in_off = 0;
+	return c->in_len - c->in_off;
+}
+
+/* Whether c holds a whole frame; exits on a bad length (the stream cannot be trusted after it). */
+static bool has_frame(struct chan *c)
+{
+	if (buffered(c) < 4)
+		return false;
+	const unsigned char *h = (const unsigned char *)c->in + c->in_off;
+	uint32_t n = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+	if (n == 0 || n > RT_MAX_FRAME) {
+		rt_log("bad frame length %u from %s; exiting", n, c->what);
+		_exit(1);
 	}
-	if (in_cap < n || in_cap < IN_MIN) {
-		in_cap = n > IN_MIN ? n : IN_MIN;
-		in = xrealloc(in, in_cap);
+	return buffered(c) >= 4 + (size_t)n;
+}
+
+/* One read into c's buffer: 1 when bytes came, 0 at EOF (or, for the direct port, while the host is not
+ * connected). Exits on the agent's EOF inside a frame or a read error. */
+static int fill(struct chan *c)
+{
+	if (c->in_off > 0) {
+		memmove(c->in, c->in + c->in_off, buffered(c));
+		c->in_len -= c->in_off;
+		c->in_off = 0;
 	}
-	while (in_len < n) {
-		ssize_t r = read(chan_in, in + in_len, in_cap - in_len);
+	size_t want = IN_MIN;
+	if (c->in_len >= 4) {
+		const unsigned char *h = (const unsigned char *)c->in;
+		want = 4 + ((size_t)h[0] << 24 | (size_t)h[1] << 16 | (size_t)h[2] << 8 | h[3]);
+	}
+	if (c->in_cap < want || c->in_cap < IN_MIN) {
+		c->in_cap = want > IN_MIN ? want : IN_MIN;
+		c->in = xrealloc(c->in, c->in_cap);
+	}
+	for (;;) {
+		ssize_t r = read(c->in_fd, c->in + c->in_len, c->in_cap - c->in_len);
 		if (r > 0) {
-			in_len += (size_t)r;
-			continue;
+			c->in_len += (size_t)r;
+			return 1;
 		}
 		if (r < 0 && errno == EINTR)
 			continue;
-		if (r == 0 && in_len == 0)
-			return false;
+		if (c->direct)
+			return 0;
+		if (r == 0 && c->in_len == 0)
+			return 0;
 		rt_log("reading from the agent: %s; exiting", r == 0 ? "EOF inside a frame" : strerror(errno));
 		_exit(1);
 	}
-	return true;
 }
 
-char *rt_recv(void)
+/* Takes c's next frame (has_frame(c) must hold) as a malloc'd, checked msgpack map. */
+static char *take(struct chan *c)
 {
-	if (!buffer(4))
-		return NULL;
-	const unsigned char *h = (const unsigned char *)in + in_off;
+	const unsigned char *h = (const unsigned char *)c->in + c->in_off;
 	uint32_t n = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
-	if (n == 0 || n > RT_MAX_FRAME) {
-		rt_log("bad frame length %u from the agent; exiting", n);
-		_exit(1);
-	}
-	buffer(4 + (size_t)n);
 	char *f = xrealloc(NULL, n);
-	memcpy(f, in + in_off + 4, n);
-	in_off += 4 + (size_t)n;
+	memcpy(f, c->in + c->in_off + 4, n);
+	c->in_off += 4 + (size_t)n;
 	/* a large frame's buffer is not kept */
-	if (in_off == in_len && in_cap > IN_MIN) {
-		free(in);
-		in = NULL;
-		in_off = in_len = in_cap = 0;
+	if (c->in_off == c->in_len && c->in_cap > IN_MIN) {
+		free(c->in);
+		c->in = NULL;
+		c->in_off = c->in_len = c->in_cap = 0;
 	}
 	const char *q = f;
 	if (mp_check(&q, f + n) != 0 || q != f + n || mp_typeof(*f) != MP_MAP) {
-		rt_log("a frame from the agent is not one msgpack map; exiting");
+		rt_log("a frame from %s is not one msgpack map; exiting", c->what);
 		_exit(1);
 	}
 	return f;
+}
+
+/* Blocks until `only` (or, when NULL, either channel) has a whole frame, and takes it; NULL at the agent's
+ * EOF. The channel it came from becomes the current one. */
+static char *recv_from(struct chan *only)
+{
+	for (;;) {
+		struct chan *order[2] = { &direct_chan, &agent_chan };
+		for (int i = 0; i < 2; i++) {
+			struct chan *c = order[i];
+			if (c->in_fd >= 0 && (!only || only == c) && has_frame(c)) {
+				cur = c;
+				return take(c);
+			}
+		}
+		struct pollfd p[2];
+		struct chan *pc[2];
+		int np = 0;
+		if (!only || only == &agent_chan) {
+			p[np] = (struct pollfd){ .fd = agent_chan.in_fd, .events = POLLIN };
+			pc[np++] = &agent_chan;
+		}
+		if (direct_chan.in_fd >= 0 && (!only || only == &direct_chan)) {
+			p[np] = (struct pollfd){ .fd = direct_chan.in_fd, .events = POLLIN };
+			pc[np++] = &direct_chan;
+		}
+		if (poll(p, (nfds_t)np, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			rt_log("poll: %s; exiting", strerror(errno));
+			_exit(1);
+		}
+		bool hup = false;
+		for (int i = 0; i < np; i++) {
+			if (!p[i].revents)
+				continue;
+			if (fill(pc[i]) > 0)
+				continue;
+			if (!pc[i]->direct)
+				return NULL; /* the agent is gone (a frame cut short exited in fill) */
+			hup = true;
+		}
+		/* The direct port reports hang-up while the host is not connected: wait on the agent alone a
+		 * little rather than spin. */
+		if (hup) {
+			struct pollfd a = { .fd = agent_chan.in_fd, .events = POLLIN };
+			if (only != &direct_chan && poll(&a, 1, DIRECT_HUP_BACKOFF_MS) > 0 && fill(&agent_chan) == 0)
+				return NULL;
+			if (only == &direct_chan)
+				poll(NULL, 0, DIRECT_HUP_BACKOFF_MS);
+		}
+	}
+}
+
+/* Requests that arrived on a channel while a host call on it waited for its answer: served next, in order.
+ * The host may send several requests at once on the direct port (the agent queues its own). */
+struct held {
+	struct held *next;
+	struct chan *chan;
+	char *frame;
+};
+static struct held *held_head, **held_tail = &held_head;
+static unsigned held_count;
+#define HELD_MAX 4096
+
+char *rt_recv(void)
+{
+	struct held *h = held_head;
+	if (h) {
+		held_head = h->next;
+		if (!held_head)
+			held_tail = &held_head;
+		held_count--;
+		char *f = h->frame;
+		cur = h->chan;
+		free(h);
+		return f;
+	}
+	return recv_from(NULL);
+}
+
+/* Keeps a request for after the host call in progress; false when too many are held already. */
+static bool hold(struct chan *c, char *f)
+{
+	if (held_count >= HELD_MAX)
+		return false;
+	struct held *h = xrealloc(NULL, sizeof *h);
+	*h = (struct held){ .chan = c, .frame = f };
+	*held_tail = h;
+	held_tail = &h->next;
+	held_count++;
+	return true;
 }
 
 void rt_init(const char *name, const char *version)
@@ -183,11 +310,20 @@ void rt_init(const char *name, const char *version)
 	snprintf(log_name, sizeof log_name, "evolvm-rt-%s", name);
 	/* The channel gets private fds; fd 0 becomes /dev/null and fd 1 the console, so that nothing
 	 * else in the process can read or write a frame by accident. */
-	chan_in = fcntl(0, F_DUPFD_CLOEXEC, 3);
-	chan_out = fcntl(1, F_DUPFD_CLOEXEC, 3);
-	if (chan_in < 0 || chan_out < 0) {
+	agent_chan.in_fd = fcntl(0, F_DUPFD_CLOEXEC, 3);
+	agent_chan.out_fd = fcntl(1, F_DUPFD_CLOEXEC, 3);
+	if (agent_chan.in_fd < 0 || agent_chan.out_fd < 0) {
 		rt_log("dup: %s", strerror(errno));
 		_exit(1);
+	}
+	const char *direct = getenv("EVOLVM_RT_DIRECT_FD");
+	if (direct) {
+		int fd = atoi(direct);
+		if (fd > 2 && fcntl(fd, F_SETFD, FD_CLOEXEC) == 0)
+			direct_chan.in_fd = direct_chan.out_fd = fd;
+		else
+			rt_log("EVOLVM_RT_DIRECT_FD=%s is not an open fd; serving the agent only", direct);
+		unsetenv("EVOLVM_RT_DIRECT_FD");
 	}
 	int null = open("/dev/null", O_RDONLY);
 	if (null >= 0) {
@@ -196,6 +332,7 @@ void rt_init(const char *name, const char *version)
 			close(null);
 	}
 	dup2(2, 1);
+	cur = &agent_chan;
 	struct mpb b = { 0 };
 	mpb_frame(&b);
 	mpb_map(&b, 3);
@@ -261,16 +398,21 @@ char *rt_hostcall_wait(struct mpb *b, uint64_t call, const char **err)
 		*err = "the host function's arguments do not fit in a frame";
 		return NULL;
 	}
+	/* The answer comes on the channel the request came from; the other one's frames wait in its buffer. */
+	struct chan *c = cur;
 	for (;;) {
-		char *f = rt_recv();
+		char *f = recv_from(c);
 		if (!f) {
 			*err = "the agent went away during a host call";
 			return NULL;
 		}
-		uint64_t c;
-		if (mp_str_eq(mp_find(f, "t"), "hostret") && mp_get_uint(mp_find(f, "call"), &c) && c == call)
+		uint64_t n;
+		if (mp_str_eq(mp_find(f, "t"), "hostret") && mp_get_uint(mp_find(f, "call"), &n) && n == call) {
+			cur = c;
 			return f;
-		/* The agent sends one request at a time, so nothing else should come while a call waits. */
+		}
+		if (mp_str_eq(mp_find(f, "t"), "req") && hold(c, f))
+			continue;
 		rt_log("dropping an unexpected frame while waiting for host call %llu", (unsigned long long)call);
 		free(f);
 	}

@@ -27,24 +27,28 @@ export interface RequestOptions {
   onHostCall?: (fn: string, args: unknown[]) => Promise<unknown>;
 }
 
-export interface AgentSessionOptions {
+/** What every session needs, with or without a hello. */
+export interface SessionOptions {
   socketPath: string;
-  /** Bound on connecting and on the first hello. */
-  helloTimeoutMs: number;
   /** Default bound on one request. */
   requestTimeoutMs: number;
   signal?: AbortSignal;
   maxFrameBytes?: number;
   /**
-   * Ask for the hello instead of waiting for the one the agent sends when it starts: a guest restored from a
-   * snapshot was already running and may not announce itself.
-   */
-  requestHello?: boolean;
-  /**
    * Decides the error pending requests get when the channel closes (the machine knows whether QEMU died).
    * Defaults to {@link AgentDisconnectedError}.
    */
   closeReason?: () => Promise<EvolvmError>;
+}
+
+export interface AgentSessionOptions extends SessionOptions {
+  /** Bound on connecting and on the first hello. */
+  helloTimeoutMs: number;
+  /**
+   * Ask for the hello instead of waiting for the one the agent sends when it starts: a guest restored from a
+   * snapshot was already running and may not announce itself.
+   */
+  requestHello?: boolean;
 }
 
 interface Pending {
@@ -83,19 +87,20 @@ const HELLO_REQUEST_ID = 1;
  */
 export class AgentSession {
   #state: SessionState = 'running';
-  #hello: GuestHello;
+  // Undefined for a session opened without a hello (a runtime's direct port, see open).
+  #hello: GuestHello | undefined;
   #nextId = HELLO_REQUEST_ID + 1;
   readonly #pending = new Map<number, Pending>();
   readonly #socket: net.Socket;
   #decoder: FrameDecoder;
   readonly #idleWaiters = new Set<() => void>();
   #hostCallsInFlight = 0;
-  readonly #options: AgentSessionOptions;
+  readonly #options: SessionOptions;
   #failure: EvolvmError | undefined;
   readonly closed: Promise<void>;
   #markClosed!: () => void;
 
-  private constructor(socket: net.Socket, decoder: FrameDecoder, hello: GuestHello, options: AgentSessionOptions) {
+  private constructor(socket: net.Socket, decoder: FrameDecoder, hello: GuestHello | undefined, options: SessionOptions) {
     this.#socket = socket;
     this.#decoder = decoder;
     this.#hello = hello;
@@ -137,8 +142,20 @@ export class AgentSession {
     }
   }
 
-  /** The guest's latest hello. */
+  /**
+   * Opens a session on a channel whose peer says no hello: a runtime's direct port (guest/RUNTIMES.md), which
+   * carries requests, replies and host calls in the same frames as the agent's channel.
+   * @throws {AgentTimeoutError} when the socket cannot be connected within `connectTimeoutMs`.
+   * @throws {AbortedError} when `signal` fires.
+   */
+  static async open(options: SessionOptions & { connectTimeoutMs: number }): Promise<AgentSession> {
+    const socket = await connectWithRetry(options.socketPath, Date.now() + options.connectTimeoutMs, options.signal);
+    return new AgentSession(socket, new FrameDecoder(options.maxFrameBytes ?? MAX_FRAME_BYTES), undefined, options);
+  }
+
+  /** The guest's latest hello. @throws {Error} for a session opened without one ({@link open}). */
   get hello(): GuestHello {
+    if (!this.#hello) throw new Error('this session was opened without a hello');
     return this.#hello;
   }
 
@@ -197,13 +214,20 @@ export class AgentSession {
    * @throws {GuestOperationError} when the guest answers `op` with an error.
    */
   async resync(reason: string, options: ResyncOptions = {}): Promise<GuestHello> {
-    this.failPending(new AgentDisconnectedError(undefined, reason));
-    // A frame cut short by the restore will never be finished: start the stream afresh. The restored guest was
-    // quiet when its snapshot was saved (see whenIdle), so its next byte starts a frame.
-    this.#decoder = new FrameDecoder(this.#options.maxFrameBytes ?? MAX_FRAME_BYTES);
+    this.restart(reason);
     const value = await this.request(options.op ?? 'hello', options.args ?? {}, options);
     this.#hello = parseHello(value);
     return this.#hello;
+  }
+
+  /**
+   * Called after the VM's memory was restored from a snapshot: fails every pending request with `reason` and
+   * starts the incoming stream afresh. A frame cut short by the restore will never be finished; the restored
+   * guest was quiet when its snapshot was saved (see whenIdle), so its next byte starts a frame.
+   */
+  restart(reason: string): void {
+    this.failPending(new AgentDisconnectedError(undefined, reason));
+    this.#decoder = new FrameDecoder(this.#options.maxFrameBytes ?? MAX_FRAME_BYTES);
   }
 
   /**
