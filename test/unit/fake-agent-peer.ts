@@ -12,6 +12,8 @@ export class FakeAgentPeer {
   readonly dir = mkdtempSync(join(tmpdir(), 'evolvm-fake-agent-'));
   readonly path = join(this.dir, 'agent.sock');
   readonly requests: Array<Record<string, unknown>> = [];
+  /** Connections accepted so far. */
+  connections = 0;
   #server: net.Server;
   #socket: net.Socket | undefined;
   #waiters: Array<() => void> = [];
@@ -19,6 +21,7 @@ export class FakeAgentPeer {
   constructor(onRequest: (peer: FakeAgentPeer, request: Record<string, unknown>) => void, options: { hello?: boolean } = {}) {
     this.#server = net.createServer((socket) => {
       this.#socket = socket;
+      this.connections++;
       const decoder = new FrameDecoder();
       socket.on('data', (chunk) => {
         for (const request of decoder.push(chunk)) {
