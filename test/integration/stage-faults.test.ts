@@ -2,7 +2,7 @@ import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import { AgentTimeoutError, FsSnapshotStore, KernelBooted, loadCode, loadRuntime, sandboxOf, StagePoisonedError, type Stage } from '../../src/index.js';
+import { AgentTimeoutError, FsSnapshotStore, KernelBooted, loadCode, loadRuntime, sandboxOf, StagePoisonedError, type RuntimeLoaded, type Stage } from '../../src/index.js';
 import { expectNoLeaks, qemuProcessesUnder, testRunDir } from '../helpers/leaks.js';
 
 const runDir = testRunDir('stage-faults');
@@ -39,6 +39,19 @@ function ramImagesOf(stage: Stage): string[] {
   return readdirSync('/dev/shm').filter((name) => name.startsWith(`${ramFile}.snap-`));
 }
 
+/** Closes the sandbox, then checks that no QEMU and no snapshot RAM image of it is left. */
+async function closeAndExpectNothingLeft(stage: Stage): Promise<void> {
+  await stage.close();
+  expect(qemuProcessesUnder(runDir)).toEqual([]);
+  expect(ramImagesOf(stage)).toEqual([]);
+}
+
+/** A new sandbox moved on to RuntimeLoaded (shell runtime). */
+async function bootToRuntime(): Promise<{ booted: KernelBooted; runtime: RuntimeLoaded }> {
+  const booted = await KernelBooted.boot({ runDir });
+  return { booted, runtime: await booted.evolve(loadRuntime({ kind: 'shell' })) };
+}
+
 async function expectPoisoned(stages: Stage[]): Promise<void> {
   for (const stage of stages) {
     expect(stage.status).toBe('poisoned');
@@ -68,9 +81,7 @@ describe('QEMU dying under a stage operation', () => {
     expect(error).toBeInstanceOf(StagePoisonedError);
     expect((error as StagePoisonedError).cause).toMatchObject({ code: 'SNAPSHOT_FAILED' });
     await expectPoisoned([booted]);
-    await booted.close();
-    expect(qemuProcessesUnder(runDir)).toEqual([]);
-    expect(ramImagesOf(booted)).toEqual([]);
+    await closeAndExpectNothingLeft(booted);
   });
 
   it.each(loadKills)('%s: the devolve fails typed, every stage object is poisoned, nothing leaks', async (_when, arrangeKill) => {
@@ -82,14 +93,11 @@ describe('QEMU dying under a stage operation', () => {
     const error = await code.devolve().catch((e: unknown) => e);
     expect(error).toBeInstanceOf(StagePoisonedError);
     await expectPoisoned([booted, runtime, code]);
-    await code.close();
-    expect(qemuProcessesUnder(runDir)).toEqual([]);
-    expect(ramImagesOf(code)).toEqual([]);
+    await closeAndExpectNothingLeft(code);
   });
 
   it('a restored guest that does not resync: devolve returns, the next operation finds the sandbox poisoned, nothing leaks', async () => {
-    const booted = await KernelBooted.boot({ runDir });
-    const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
+    const { booted, runtime } = await bootToRuntime();
     const { machine } = sandboxOf(runtime);
     // The guest's resync is never answered (as from a guest hung right after the load).
     vi.spyOn(machine, 'resyncAfterLoad').mockRejectedValueOnce(new AgentTimeoutError('refresh', 10));
@@ -100,28 +108,24 @@ describe('QEMU dying under a stage operation', () => {
     expect((error as StagePoisonedError).cause).toMatchObject({ code: 'SNAPSHOT_FAILED' });
     for (const stage of [booted, runtime, back]) expect(stage.status).toBe('poisoned');
     await expect(back.evolve(loadRuntime({ kind: 'shell' }))).rejects.toBeInstanceOf(StagePoisonedError);
+    // The sandbox stopped QEMU itself, before any close.
     expect(qemuProcessesUnder(runDir)).toEqual([]);
-    await back.close();
-    expect(ramImagesOf(back)).toEqual([]);
+    await closeAndExpectNothingLeft(back);
   });
 
   it('right after a devolve, while the guest resyncs: the next operation fails typed, saying QEMU exited', async () => {
-    const booted = await KernelBooted.boot({ runDir });
-    const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
+    const { booted, runtime } = await bootToRuntime();
     const back = await runtime.devolve();
     process.kill(sandboxOf(back).machine.pid, 'SIGKILL');
     const error = await back.exec(['true']).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(StagePoisonedError);
     expect((error as StagePoisonedError).reason).toMatch(/QEMU exited/);
     await expectPoisoned([booted, runtime, back]);
-    await back.close();
-    expect(qemuProcessesUnder(runDir)).toEqual([]);
-    expect(ramImagesOf(back)).toEqual([]);
+    await closeAndExpectNothingLeft(back);
   });
 
   it('a close right after a devolve, while the guest resyncs: no error, every stage object closed, nothing leaks', async () => {
-    const booted = await KernelBooted.boot({ runDir });
-    const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
+    const { booted, runtime } = await bootToRuntime();
     const back = await runtime.devolve();
     await back.close();
     for (const stage of [booted, runtime, back]) expect(stage.status).toBe('poisoned');
