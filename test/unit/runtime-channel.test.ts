@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { AgentTimeoutError, GuestOperationError } from '../../src/errors.js';
+import { AgentTimeoutError, GuestOperationError, GuestProtocolViolationError } from '../../src/errors.js';
 import { RuntimeChannel } from '../../src/qemu/agent/runtime-channel.js';
 import { FakeAgentPeer } from './fake-agent-peer.js';
 
@@ -80,6 +80,16 @@ describe('RuntimeChannel', () => {
     channel.peerClosed('the runtime exited');
     await channel.request('echo', {});
     expect(peer.connections).toBe(1);
+  });
+
+  it('fails a request the runtime answers with garbage, then serves the next one on a new connection', async () => {
+    const { peer, channel } = await start();
+    const broken = channel.request('hang', {}).catch((e: unknown) => e);
+    await peer.nextRequest();
+    peer.raw(Buffer.from([0, 0, 0, 2, 0xc1, 0xc1]));
+    expect(await broken).toBeInstanceOf(GuestProtocolViolationError);
+    await expect(channel.request('echo', { z: 3 })).resolves.toEqual({ z: 3 });
+    expect(peer.connections).toBe(2);
   });
 
   it('refuses requests once closed', async () => {

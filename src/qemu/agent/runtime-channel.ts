@@ -74,7 +74,8 @@ export class RuntimeChannel {
 
   /** After a snapshot load: fails what was pending, starts the stream afresh, and reconnects if it was dropped. */
   afterLoad(reason: string): void {
-    this.#current?.restart(reason);
+    if (this.#current?.state === 'running') this.#current.restart(reason);
+    else this.#drop(new AgentDisconnectedError(undefined, reason));
     this.#maybeUnread = false;
     this.#reconnect();
   }
@@ -108,6 +109,8 @@ export class RuntimeChannel {
 
   #connected(signal?: AbortSignal): Promise<AgentSession> {
     if (this.#closed) return Promise.reject(this.#closed);
+    // A session the runtime broke (a frame that is not the protocol) is replaced; its requests failed typed.
+    if (this.#current?.state === 'closed') this.#drop(new AgentDisconnectedError(undefined, 'replaced'));
     if (!this.#session) {
       const session = AgentSession.open({ ...this.#options, signal }).then((opened) => {
         if (this.#closed || this.#session !== session) {
