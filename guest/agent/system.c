@@ -8,6 +8,7 @@
 #include <sys/reboot.h>
 #include <time.h>
 #include <unistd.h>
+#include <msgpuck.h>
 #include "agent.h"
 
 bool shutdown_requested;
@@ -80,9 +81,27 @@ void op_reseed(uint64_t id, const char *args)
 		res_ok_empty(id);
 }
 
+/* Sets the hostname from args' optional hostname (the sandbox id); on failure answers id, returns false. */
+static bool set_hostname(uint64_t id, const char *args)
+{
+	const char *v = mp_find(args, "hostname"), *name;
+	uint32_t len;
+	if (!v || mp_typeof(*v) == MP_NIL)
+		return true;
+	if (!mp_get_str(v, &name, &len) || len == 0 || len > 64 || memchr(name, 0, len)) {
+		res_err(id, "BAD_REQUEST", "hostname must be 1..64 bytes of str");
+		return false;
+	}
+	if (sethostname(name, len) < 0) {
+		res_errno(id, errno, "sethostname", NULL);
+		return false;
+	}
+	return true;
+}
+
 void op_refresh(uint64_t id, const char *args)
 {
-	if (set_clock(id, args) && reseed(id, args))
+	if (set_clock(id, args) && reseed(id, args) && set_hostname(id, args))
 		op_hello(id, args);
 }
 

@@ -60,6 +60,9 @@ static void mount_all(void)
 	mnt("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
 	mnt("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
 	mnt("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+	/* The host names each sandbox through the hostname (the agent's refresh); this is where guest code reads it. */
+	mkdir("/run/evolvm", 0755);
+	symlink("/proc/sys/kernel/hostname", "/run/evolvm/sandbox-id");
 	symlink("/proc/self/fd", "/dev/fd");
 	symlink("/proc/self/fd/0", "/dev/stdin");
 	symlink("/proc/self/fd/1", "/dev/stdout");

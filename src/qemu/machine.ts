@@ -279,12 +279,14 @@ export class Machine implements AsyncDisposable {
   }
 
   /**
-   * Sets the guest clock to the host's and reseeds its RNG: what every restored guest needs.
-   * @throws see {@link exec}.
+   * Sets the guest clock to the host's and reseeds its RNG: what every restored guest needs. With `name`, also
+   * names the guest (its hostname, which guest code reads at `/run/evolvm/sandbox-id`), in the same request.
+   * @throws see {@link exec}; {@link GuestOperationError} `BAD_REQUEST` for a name that is not 1–64 bytes.
    */
-  async refreshIdentity(options: RequestOptions = {}): Promise<void> {
+  async refreshIdentity(options: RequestOptions & { name?: string } = {}): Promise<void> {
     this.assertGuestIo('refreshIdentity');
-    await this.#agent.request('refresh', refreshArgs(), options);
+    const { name, ...requestOptions } = options;
+    await this.#agent.request('refresh', { ...refreshArgs(), ...(name === undefined ? {} : { hostname: name }) }, requestOptions);
   }
 
   /**

@@ -109,16 +109,14 @@ export interface RunningSandboxRestore<S extends Stage = Stage> extends Omit<Pre
   readonly running: Machine;
 }
 
-/** Where the guest finds its sandbox id. */
-const SANDBOX_ID_PATH = '/run/evolvm/sandbox-id';
-
 /**
- * Gives a restored guest its identity: `id` written where the guest finds it, the clock set, the RNG reseeded.
- * @throws the requests' errors; the machine is stopped then.
+ * Gives a guest its identity in one request: `id` as its hostname (guest code reads it at
+ * `/run/evolvm/sandbox-id`, a link the guest's init makes), the clock set, the RNG reseeded.
+ * @throws the request's errors; the machine is stopped then.
  */
-async function giveIdentity(machine: Machine, id: string, options: RestoreOptions): Promise<void> {
+async function giveIdentity(machine: Machine, id: string, options: { signal?: AbortSignal }): Promise<void> {
   try {
-    await Promise.all([machine.refreshIdentity(options), machine.writeFile(SANDBOX_ID_PATH, id, { mkdirs: true })]);
+    await machine.refreshIdentity({ signal: options.signal, name: id });
   } catch (error) {
     await machine.stop();
     throw error;
@@ -184,6 +182,7 @@ export class Sandbox {
     const hostFunctions = new HostFunctionSet(options.hostFunctions ?? []); // refuse duplicates before booting
     const machine = await Machine.boot(config, options);
     const sandbox = new Sandbox(machine, hostFunctions);
+    await giveIdentity(machine, sandbox.id, options);
     const node = sandbox.#newNode(root, undefined, undefined, undefined);
     return sandbox.#enter(node) as R;
   }

@@ -162,6 +162,9 @@ describe('clock and entropy', () => {
     const guestSeconds = Number((await vm.exec(['date', '+%s'])).stdout.trim());
     expect(Math.abs(guestSeconds - Date.now() / 1000)).toBeLessThan(5);
     await expect(vm.request('refresh', { ns: BigInt(Date.now()) * 1_000_000n, seed: Buffer.alloc(8) })).rejects.toMatchObject({ guestCode: 'BAD_REQUEST' });
+    await vm.refreshIdentity({ name: 'sandbox-1' });
+    expect((await vm.exec(['hostname'])).stdout.trim()).toBe('sandbox-1');
+    await expect(vm.refreshIdentity({ name: 'x'.repeat(65) })).rejects.toMatchObject({ guestCode: 'BAD_REQUEST' });
     // Before the guest's boot time: the kernel refuses it.
     await expect(vm.request('refresh', { ns: 1n, seed: Buffer.alloc(32) })).rejects.toMatchObject({ guestCode: 'EINVAL' });
     await expect(vm.request('refresh', { seed: Buffer.alloc(32) })).rejects.toMatchObject({ guestCode: 'BAD_REQUEST' });

@@ -212,7 +212,7 @@ describe('forks from a template', () => {
     const clones = await RuntimeLoaded.fork(store, 'runtime', 8, { runDir }, { hostFunctions: [echo] });
     try {
       expect(new Set(clones.map((c) => c.sandboxId)).size).toBe(8);
-      const ids = await Promise.all(clones.map(async (c) => (await c.readFile('/run/evolvm/sandbox-id')).toString()));
+      const ids = await Promise.all(clones.map(async (c) => (await c.readFile('/run/evolvm/sandbox-id')).toString().trim()));
       expect(ids).toEqual(clones.map((c) => c.sandboxId));
       const random = await Promise.all(clones.map(async (c) => (await c.exec(['sh', '-c', 'head -c 16 /dev/urandom | od -An -tx1'])).stdout));
       expect(new Set(random).size).toBe(8);
@@ -253,7 +253,7 @@ describe('a warm pool', () => {
       expect(new Set(taken.map((s) => s.sandboxId)).size).toBe(3);
       for (const sandbox of taken) {
         expect(sandbox).toBeInstanceOf(UserCodeLoaded);
-        expect((await sandbox.readFile('/run/evolvm/sandbox-id')).toString()).toBe(sandbox.sandboxId);
+        expect((await sandbox.readFile('/run/evolvm/sandbox-id')).toString().trim()).toBe(sandbox.sandboxId);
         expect(await sandbox.call('hello', 'pool')).toBe('hello pool\n');
       }
       const random = await Promise.all(taken.map(async (s) => (await s.exec(['sh', '-c', 'head -c 16 /dev/urandom | od -An -tx1'])).stdout));

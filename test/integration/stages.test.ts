@@ -105,6 +105,13 @@ describe('evolve and devolve restore guest state exactly', () => {
   });
 });
 
+describe('identity', () => {
+  it("names the guest by the sandbox's id: its hostname, read at /run/evolvm/sandbox-id", async () => {
+    expect((await root.exec(['hostname'])).stdout.trim()).toBe(root.sandboxId);
+    expect((await root.readFile('/run/evolvm/sandbox-id')).toString()).toBe(`${root.sandboxId}\n`);
+  });
+});
+
 describe('the guest after a devolve', () => {
   /** Enters RuntimeLoaded with 16 random bytes the guest read in the transition (the stage's data). */
   const readRandom = defineTransition({
