@@ -484,35 +484,29 @@ void op_rt_start(uint64_t id, const char *args)
 		res_err(id, "BAD_REQUEST", "rt_start: direct must be a bool");
 		return;
 	}
-	/* Only one process may hold a virtio port: a second runtime asking for it is told EBUSY. A guest
-	 * without the port (ENOENT) starts the runtime without it, and says so in the reply. */
-	int direct = -1;
-	if (want_direct) {
+	/* Only one process may hold a virtio port: a second runtime asking for it is told EBUSY. */
+	if (want_direct)
 		for (int i = 0; i < RT_MAX; i++)
 			if (rts[i].used && rts[i].direct && !rts[i].reaped) {
 				res_err(id, "EBUSY", "rt_start: runtime %s holds the direct port", rts[i].name);
 				return;
 			}
-		direct = port_try_open(RT_DIRECT_PORT);
-		/* The runtime reads it blocking; the flag is the open file's, which only the runtime keeps. */
-		if (direct >= 0)
-			fcntl(direct, F_SETFL, 0);
-	}
 	int in[2], out[2];
 	if (pipe2(in, O_CLOEXEC) < 0) {
 		res_errno(id, errno, "rt_start: pipe", NULL);
-		if (direct >= 0)
-			close(direct);
 		return;
 	}
 	if (pipe2(out, O_CLOEXEC) < 0) {
 		res_errno(id, errno, "rt_start: pipe", NULL);
 		close(in[0]);
 		close(in[1]);
-		if (direct >= 0)
-			close(direct);
 		return;
 	}
+	/* A guest without the port starts the runtime without it, and says so in the reply. The runtime reads it
+	 * blocking; the flag is the open file's, which only the runtime keeps. */
+	int direct = want_direct ? port_try_open(RT_DIRECT_PORT) : -1;
+	if (direct >= 0)
+		fcntl(direct, F_SETFL, 0);
 	pid_t pid = fork();
 	if (pid < 0) {
 		res_errno(id, errno, "rt_start: fork", NULL);

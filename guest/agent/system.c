@@ -29,8 +29,8 @@ static bool set_clock(uint64_t id, const char *args)
 	return true;
 }
 
-/* /dev/urandom, opened once: after a snapshot load every path the guest runs is translated afresh under TCG,
- * and the open (path walk, device open) was a good part of a reseed's cost then. */
+/* /dev/urandom, opened once rather than for every reseed (one path walk less on a guest's first work after a
+ * load, which runs on a flushed translation cache under TCG). */
 static int urandom_fd = -1;
 
 /* Mixes args' seed into the kernel's pool and reseeds the CRNG from it; on failure answers id, returns false. */

@@ -531,10 +531,10 @@ async function loadDeviceState(
 }
 
 /**
- * Connects QMP and the agent at the same time. A restore passes `restore`, which runs on the QMP client as soon
- * as it is connected (the device-state load) while the agent queues a request for a fresh hello (the guest said
- * its own before it was saved). If QMP or `restore` fails, the wait for the agent stops at once. `connected`:
- * a QMP client connected before (a prepared restore), used instead of connecting.
+ * Connects QMP, the agent and the runtimes' port at the same time. A restore passes `restore`, which runs on the
+ * QMP client as soon as it is connected (the device-state load) while the agent queues a request for a fresh
+ * hello (the guest said its own before it was saved). If QMP, `restore` or the agent fails, the other waits stop
+ * at once. `connected`: a QMP client connected before (a prepared restore), used instead of connecting.
  */
 async function connectChannels(
   config: MachineConfig,
@@ -545,8 +545,8 @@ async function connectChannels(
   restore?: (qmp: QmpClient) => Promise<void>,
   connected?: QmpClient,
 ): Promise<{ qmp: QmpClient; agent: AgentSession; runtime: RuntimeChannel }> {
-  const qmpFailed = new AbortController();
-  const agentSignal = signal ? AbortSignal.any([signal, qmpFailed.signal]) : qmpFailed.signal;
+  const failed = new AbortController();
+  const agentSignal = signal ? AbortSignal.any([signal, failed.signal]) : failed.signal;
   const agentPromise = connectAgent(config, paths, process, agentSignal, restore !== undefined);
   const runtime = new RuntimeChannel({
     socketPath: paths.runtimeSocket,
@@ -558,7 +558,7 @@ async function connectChannels(
   // Connected alongside the agent, so that a restored runtime holding the port finds the host there at once.
   const runtimePromise = runtime.connect(agentSignal);
   // A failed agent ends the wait for the runtime port too (QEMU may be gone: its socket never appears).
-  agentPromise.catch((error: unknown) => qmpFailed.abort(error));
+  agentPromise.catch((error: unknown) => failed.abort(error));
   const qmpPromise = (async () => {
     const qmp = connected ?? (await QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal }));
     // Registered as soon as it exists, even if the agent fails.
@@ -566,7 +566,7 @@ async function connectChannels(
     await restore?.(qmp);
     return qmp;
   })();
-  qmpPromise.catch((error: unknown) => qmpFailed.abort(error));
+  qmpPromise.catch((error: unknown) => failed.abort(error));
   const [qmp, agent, runtimeConnected] = await Promise.allSettled([qmpPromise, agentPromise, runtimePromise]);
   if (agent.status === 'fulfilled') cleanup.defer('agent', () => agent.value.close());
   if (qmp.status === 'rejected') throw qmp.reason;

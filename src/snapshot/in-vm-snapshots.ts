@@ -136,20 +136,13 @@ export class InVmSnapshots {
       throw new SnapshotError('load', tag, { cause: machine.exitError ?? error });
     }
     machine.lifecycle.trySend({ type: 'RESTORE_DONE', paused: false });
-    let resynced: Promise<void>;
-    try {
-      // Fails what was pending and sends the request at once. Not under the caller's signal: this goes on after
-      // load returns, bounded by the agent's timeout.
-      const resync = machine.resyncAfterLoad(`restored snapshot ${tag}`);
-      resynced = step('load: agent resync + clock + RNG (in the guest)', () => resync).then(
-        () => {},
-        (error: unknown) => {
-          throw new SnapshotError('load', tag, { cause: machine.exitError ?? error });
-        },
-      );
-    } catch (error) {
-      resynced = Promise.reject(new SnapshotError('load', tag, { cause: machine.exitError ?? error }));
-    }
+    // Fails what was pending and sends the request at once. Not under the caller's signal: this goes on after
+    // load returns, bounded by the agent's timeout.
+    const resynced = step('load: agent resync + clock + RNG (in the guest)', () => machine.resyncAfterLoad(`restored snapshot ${tag}`)).catch(
+      (error: unknown) => {
+        throw new SnapshotError('load', tag, { cause: machine.exitError ?? error });
+      },
+    );
     // Marked handled here; a caller that awaits `resynced` still gets the rejection.
     resynced.catch(() => {});
     return { resynced };

@@ -22,8 +22,8 @@ const UNLIMITED_BANDWIDTH = 107_374_182_400;
 /**
  * Writes a running machine's state to files, with the guest paused only as long as it takes:
  * stop → copy the RAM file (sparse, as in-VM snapshots do) → append the device state (`migrate` with
- * x-ignore-shared, so RAM is not in the stream) → copy the disk as a qcow2 layer over `parentDisk` → cont. The machine is left running as before,
- * and its in-VM snapshots are untouched (the live disk is copied, not swapped).
+ * x-ignore-shared, so RAM is not in the stream) → copy the disk as a qcow2 layer over `parentDisk` → cont. The
+ * machine is left running as before, and its in-VM snapshots are untouched (the live disk is copied, not swapped).
  * @throws {QmpCommandError} when QEMU refuses a step or the migration fails.
  */
 export async function persistMachineState(

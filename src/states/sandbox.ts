@@ -221,28 +221,28 @@ export class Sandbox {
   guestFor(stage: Stage, operation: string): GuestAccess {
     return {
       exec: async (argv, options) => {
-        await this.#whenReady(stage, operation);
+        await this.#ready(stage, operation);
         this.#currentNode.dirty = true;
         return this.machine.exec(argv, options);
       },
       readFile: async (path, options) => {
-        await this.#whenReady(stage, operation);
+        await this.#ready(stage, operation);
         return this.machine.readFile(path, options);
       },
       writeFile: async (path, data, options) => {
-        await this.#whenReady(stage, operation);
+        await this.#ready(stage, operation);
         this.#currentNode.dirty = true;
         return this.machine.writeFile(path, data, options);
       },
       request: async (op, args, options) => {
-        if (this.#resyncing) await this.#whenReady(stage, operation);
-        else this.#assertReady(stage, operation);
+        const waiting = this.#ready(stage, operation);
+        if (waiting) await waiting;
         this.#currentNode.dirty = true;
         return this.machine.request(op, args, this.#withHostCalls(options));
       },
       runtimeRequest: async (runtime, op, args, options) => {
-        if (this.#resyncing) await this.#whenReady(stage, operation);
-        else this.#assertReady(stage, operation);
+        const waiting = this.#ready(stage, operation);
+        if (waiting) await waiting;
         this.#currentNode.dirty = true;
         return this.machine.runtimeRequest(runtime, op, args, this.#withHostCalls(options));
       },
@@ -597,13 +597,17 @@ export class Sandbox {
   }
 
   /**
-   * Checks `stage` is current, after the guest has finished resyncing from a devolve (when one is under way).
+   * Checks `stage` is current; while a devolve's resync runs, returns a promise that checks again once it is done
+   * (the hot path, a call, gets no promise to await otherwise).
    * @throws {StagePoisonedError} also when that resync failed; {@link StageStaleError}.
    */
-  async #whenReady(stage: Stage, operation: string): Promise<LineageNode> {
+  #ready(stage: Stage, operation: string): Promise<void> | undefined {
     this.#assertReady(stage, operation);
-    if (this.#resyncing) await this.#resyncing;
-    return this.#assertReady(stage, operation);
+    const resyncing = this.#resyncing;
+    if (!resyncing) return undefined;
+    return resyncing.then(() => {
+      this.#assertReady(stage, operation);
+    });
   }
 
   /**

@@ -49,7 +49,9 @@ export class RuntimeChannel {
    *   runtime closed the port while the request was pending.
    */
   async request(op: string, args: Record<string, unknown>, options: RequestOptions = {}): Promise<unknown> {
-    const session = await this.#connected();
+    // The hot path (a call) takes the open session as it is, without a turn through #connected's promise.
+    const current = this.#current;
+    const session = current?.state === 'running' && !this.#closed ? current : await this.#connected();
     try {
       return await session.request(op, args, options);
     } catch (error) {
