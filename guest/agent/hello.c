@@ -14,6 +14,10 @@ const unsigned agent_nops = sizeof agent_ops / sizeof agent_ops[0];
 
 static struct utsname uts;
 static char boot_id[64];
+/* Fixed for a machine's life (no memory or CPU hotplug): read once, so that the hello a restored guest sends
+ * runs no syscall for them on its flushed translation cache. */
+static uint64_t mem_kib;
+static long cpus;
 
 void hello_init(void)
 {
@@ -27,17 +31,15 @@ void hello_init(void)
 			boot_id[strcspn(boot_id, "\n")] = 0;
 		}
 	}
+	struct sysinfo si;
+	if (sysinfo(&si) == 0)
+		mem_kib = (uint64_t)si.totalram * si.mem_unit / 1024;
+	cpus = sysconf(_SC_NPROCESSORS_ONLN);
 }
 
 /* The hello map's fields after t; 9 pairs. */
 void write_hello_fields(void)
 {
-	struct sysinfo si;
-	uint64_t mem_kib = 0;
-	if (sysinfo(&si) == 0)
-		mem_kib = (uint64_t)si.totalram * si.mem_unit / 1024;
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-
 	oq_str("v"); oq_uint(PROTO_VERSION);
 	oq_str("agent"); oq_str(AGENT_NAME);
 	oq_str("kernel"); oq_str(uts.release);

@@ -21,6 +21,9 @@ afterAll(async () => {
 describe('a booted machine', () => {
   it('says hello with protocol version and guest facts', () => {
     expect(vm.hello).toMatchObject({ v: 1, arch: 'x86_64', cpus: 1 });
+    // The guest's RAM less what the kernel keeps for itself (read once when the agent starts).
+    expect(vm.hello.mem_kib).toBeGreaterThan(64 * 1024);
+    expect(vm.hello.mem_kib).toBeLessThanOrEqual(vm.config.memoryMiB * 1024);
     expect(vm.hello.kernel).toMatch(/cloud-amd64/);
     expect(vm.hello.ops).toEqual(expect.arrayContaining(['ping', 'exec', 'file_write', 'file_read', 'set_clock', 'reseed', 'refresh']));
     expect(vm.state).toBe('running');

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { CallTimeoutError, defineHostFunction, KernelBooted, loadCode, loadRuntime, RuntimeLoaded, TransitionFailedError, type UserCodeLoaded } from '../../src/index.js';
+import { mapsReads } from '../helpers/guest-stats.js';
 import { expectNoLeaks, testRunDir } from '../helpers/leaks.js';
 
 const runDir = testRunDir('js');
@@ -31,6 +32,17 @@ async function withScript<T>(name: string, body: (code: UserCodeLoaded) => Promi
 }
 
 describe('the JavaScript runtime', () => {
+  it('keeps the runtime resident: a load after a devolve reads nothing from the runtimes map', async () => {
+    runtime = await (await runtime.evolve(loadCode(js('arith')))).devolve();
+    const before = await mapsReads(runtime);
+    // A regexp literal, RegExp execution and JSON: duktape code that neither its start nor arith.js runs.
+    const source = 'function probe(s) { return /^a+(b|c)$/.test(s) ? JSON.stringify({ s: s, n: [1, 2.5] }) : null; }';
+    const code = await runtime.evolve(loadCode(source));
+    expect(await code.call('probe', 'aab')).toBe('{"s":"aab","n":[1,2.5]}');
+    expect(await mapsReads(code)).toBe(before);
+    runtime = await code.devolve();
+  });
+
   it('reports duktape and the global functions the script defines', async () => {
     expect(runtime.runtime).toMatchObject({ kind: 'js' });
     expect(runtime.runtime.version).toMatch(/duktape/i);

@@ -14,6 +14,7 @@ import {
   TransitionFailedError,
   UserCodeLoaded,
 } from '../../src/index.js';
+import { mapsReads } from '../helpers/guest-stats.js';
 import { expectNoLeaks, testRunDir } from '../helpers/leaks.js';
 
 const runDir = testRunDir('wasm');
@@ -165,6 +166,17 @@ describe('the WebAssembly runtime', () => {
     expect(code.status).toBe('consumed');
     runtime = recovered;
     await withModule('arith', async (next) => expect(await next.call('add', 1, 1)).toBe(2));
+  });
+
+  it('keeps the runtime resident: a load after a devolve reads nothing from the runtimes map', async () => {
+    // The runtime maps its whole binary before "runtime loaded" is snapshotted; otherwise each devolve drops the
+    // code pages a load touches, and every load reads them again from the squashfs (LZ4 and disk I/O).
+    runtime = await (await runtime.evolve(loadCode(wasm('arith')))).devolve();
+    const before = await mapsReads(runtime);
+    await withModule('counter', async (code) => {
+      expect(await code.call('increment')).toBe(1);
+      expect(await mapsReads(code)).toBe(before);
+    });
   });
 
   it('hot-swaps 50 modules in a row without the scratch disk growing, at a flat latency', async () => {

@@ -1,11 +1,13 @@
 /* The runtime side of the agent <-> runtime channel; see rtchan.h. */
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include <msgpuck.h>
 #include "rtchan.h"
@@ -305,9 +307,45 @@ static bool hold(struct chan *c, char *f)
 	return true;
 }
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+
+/* Maps every page of the runtime's own file-backed mappings (its code and data) now, before the stage
+ * "runtime loaded" is snapshotted. Otherwise each restore of that snapshot (a devolve, a warm start)
+ * loses the pages first touched after it, and the next load reads them again from the squashfs map:
+ * LZ4 and block I/O, which under TCG cost more than the load itself. Best effort: a failure only costs speed. */
+static void make_resident(void)
+{
+	FILE *maps = fopen("/proc/self/maps", "re");
+	if (!maps)
+		return;
+	char line[512];
+	while (fgets(line, sizeof line, maps)) {
+		unsigned long start, end;
+		char path[256] = "";
+		if (sscanf(line, "%lx-%lx %*s %*s %*s %*s %255s", &start, &end, path) < 2 || path[0] != '/')
+			continue;
+		if (madvise((void *)start, end - start, MADV_POPULATE_READ) != 0)
+			rt_log("populate %lx-%lx %s: %s", start, end, path, strerror(errno));
+	}
+	fclose(maps);
+	/* The same for the heap: a load after a restore would otherwise grow it with brk and fault in every new
+	 * page (kernel work that runs on a flushed translation cache under TCG). Keep allocations up to 8 MiB on
+	 * the heap, never give it back, and touch 2 MiB of it now; the pages stay zero, so snapshots skip them. */
+	mallopt(M_MMAP_THRESHOLD, 8 << 20);
+	mallopt(M_TRIM_THRESHOLD, 64 << 20);
+	mallopt(M_TOP_PAD, 1 << 20);
+	void *heap = calloc(1, 2 << 20);
+	if (heap)
+		memset(heap, 0, 2 << 20);
+	free(heap);
+}
+
 void rt_init(const char *name, const char *version)
 {
 	snprintf(log_name, sizeof log_name, "evolvm-rt-%s", name);
+	make_resident();
 	/* The channel gets private fds; fd 0 becomes /dev/null and fd 1 the console, so that nothing
 	 * else in the process can read or write a frame by accident. */
 	agent_chan.in_fd = fcntl(0, F_DUPFD_CLOEXEC, 3);
