@@ -331,10 +331,11 @@ static void make_resident(void)
 	}
 	fclose(maps);
 	/* The same for the heap: a load after a restore would otherwise grow it with brk and fault in every new
-	 * page (kernel work that runs on a flushed translation cache under TCG). Keep allocations up to 8 MiB on
-	 * the heap, never give it back, and touch 2 MiB of it now; the pages stay zero, so snapshots skip them. */
-	mallopt(M_MMAP_THRESHOLD, 8 << 20);
-	mallopt(M_TRIM_THRESHOLD, 64 << 20);
+	 * page (kernel work that runs on a flushed translation cache under TCG). Keep allocations below 4 MiB on the
+	 * heap, give back no less than 8 MiB at a time (so the 3 MiB made here stay), and touch 2 MiB of it now; the
+	 * pages stay zero, so snapshots skip them. */
+	mallopt(M_MMAP_THRESHOLD, 4 << 20);
+	mallopt(M_TRIM_THRESHOLD, 8 << 20);
 	mallopt(M_TOP_PAD, 1 << 20);
 	/* One volatile store a page: the compiler would turn malloc + memset into calloc, which skips fresh heap. */
 	volatile char *heap = malloc(2 << 20);
