@@ -35,6 +35,9 @@ echo "[setup] npm install"
 # rollup's, msgpackr's native builds) and npm ci then refuses its own lock file as out of sync.
 npm install --no-audit --no-fund --loglevel=error
 
+echo "[setup] building the host shim for QEMU"
+bash native/build.sh
+
 echo "[setup] building the guest"
 bash guest/build.sh
 

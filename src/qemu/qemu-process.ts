@@ -1,7 +1,8 @@
-import { accessSync, constants, openSync, readSync, closeSync, fstatSync } from 'node:fs';
+import { accessSync, constants, existsSync, openSync, readSync, closeSync, fstatSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { execa } from 'execa';
 import { QemuNotFoundError, QemuStartError } from '../errors.js';
+import { packageRoot } from './guest-image.js';
 import { SpawnHelper, type ExitInfo } from './spawn-helper.js';
 
 export type { ExitInfo };
@@ -47,15 +48,39 @@ export function resolveExecutable(binary: string, env: NodeJS.ProcessEnv = proce
 }
 
 /**
- * The environment QEMU runs with, over the parent's: the C locale, and glibc's malloc asked to back its heap with
- * transparent huge pages (a no-op where THP is off; a `glibc.malloc.hugetlb` the user set wins). QEMU's start-up
- * touches tens of MB of fresh heap, and on 4 KiB pages the faults were a third of its CPU: 105 → 74 ms from spawn
- * to a QMP session, warm start 265 → 225 ms, fork-16 3.8–4.2 → 3.5 s (measured, bench/RESULTS.md).
+ * The environment QEMU runs with, over the parent's: the C locale, glibc's malloc asked to back its heap with
+ * transparent huge pages (a no-op where THP is off; a `glibc.malloc.hugetlb` the user set wins), and, when it is
+ * built, the shim that makes QEMU's `malloc_trim` a no-op preloaded ahead of the user's own `LD_PRELOAD`.
+ * - Huge pages: QEMU's start-up touches tens of MB of fresh heap, and on 4 KiB pages the faults were a third of
+ *   its CPU: 105 → 74 ms from spawn to a QMP session, warm start 265 → 225 ms (measured, bench/RESULTS.md).
+ * - No trim (native/no-malloc-trim.c): QEMU trims its heap after every batch of RCU callbacks and faults the
+ *   pages back in at once; a devolve's snapshot-load job went 23 → 10 ms without it.
+ * `preload`: the shim's path, or null for none (default: {@link noTrimShim}).
  */
-export function qemuEnvironment(parent: NodeJS.ProcessEnv = process.env): Record<string, string> {
+export function qemuEnvironment(parent: NodeJS.ProcessEnv = process.env, preload: string | null = noTrimShim(parent) ?? null): Record<string, string> {
   const tunables = (parent.GLIBC_TUNABLES ?? '').split(':').filter((tunable) => tunable.length > 0);
   if (!tunables.some((tunable) => tunable.startsWith('glibc.malloc.hugetlb='))) tunables.push('glibc.malloc.hugetlb=1');
-  return { LC_ALL: 'C', GLIBC_TUNABLES: tunables.join(':') };
+  const env: Record<string, string> = { LC_ALL: 'C', GLIBC_TUNABLES: tunables.join(':') };
+  if (preload) env.LD_PRELOAD = [preload, parent.LD_PRELOAD].filter((entry) => entry !== undefined && entry.length > 0).join(':');
+  return env;
+}
+
+/** The no-trim shim's path in this package, whether or not it is built. */
+export function noTrimShimPath(): string {
+  return join(packageRoot(), 'native', 'out', 'libevolvm-no-malloc-trim.so');
+}
+
+let shimBuilt: boolean | undefined;
+
+/**
+ * The no-trim shim to preload into QEMU: its path when `native/build.sh` has built it (checked once per
+ * process), undefined when it is missing (QEMU then trims as usual: slower, not wrong) or when
+ * `EVOLVM_QEMU_MALLOC_TRIM=on` asks for QEMU's own behaviour.
+ */
+export function noTrimShim(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (env.EVOLVM_QEMU_MALLOC_TRIM === 'on') return undefined;
+  shimBuilt ??= existsSync(noTrimShimPath());
+  return shimBuilt ? noTrimShimPath() : undefined;
 }
 
 /** The parent's environment with `env` over it, as a directly spawned child gets it. */

@@ -29,6 +29,11 @@ describe('a booted machine', () => {
     expect(vm.state).toBe('running');
   });
 
+  it('runs QEMU with the no-trim shim preloaded (native/no-malloc-trim.c)', async () => {
+    const { readFile } = await import('node:fs/promises');
+    expect(await readFile(`/proc/${vm.pid}/maps`, 'utf8')).toContain('libevolvm-no-malloc-trim.so');
+  });
+
   it('boots through pvh-loader: the kernel is no ROM blob that a snapshot-load would write back over RAM', async () => {
     expect(vm.image.kernel).toMatch(/pvh-loader\.elf$/);
     expect(vm.image.initrd).toMatch(/boot\.img$/);
