@@ -50,14 +50,16 @@ export function resolveExecutable(binary: string, env: NodeJS.ProcessEnv = proce
 /**
  * The environment QEMU runs with, over the parent's: the C locale, glibc's malloc asked to back its heap with
  * transparent huge pages (a no-op where THP is off; a `glibc.malloc.hugetlb` the user set wins), and, when it is
- * built, the shim that makes QEMU's `malloc_trim` a no-op preloaded ahead of the user's own `LD_PRELOAD`.
+ * built, the shim that puts off QEMU's `malloc_trim` calls until QEMU is idle, preloaded ahead of the user's own
+ * `LD_PRELOAD`.
  * - Huge pages: QEMU's start-up touches tens of MB of fresh heap, and on 4 KiB pages the faults were a third of
  *   its CPU: 105 → 74 ms from spawn to a QMP session, warm start 265 → 225 ms (measured, bench/RESULTS.md).
- * - No trim (native/no-malloc-trim.c): QEMU trims its heap after every batch of RCU callbacks and faults the
- *   pages back in at once; a devolve's snapshot-load job went 23 → 10 ms without it.
- * `preload`: the shim's path, or null for none (default: {@link noTrimShim}).
+ * - Idle trim (native/idle-malloc-trim.c): QEMU trims its heap after every batch of RCU callbacks and faults the
+ *   pages back in at once; trimming only after 200 ms without a call took a devolve's snapshot-load job from
+ *   23–26 to 10–11 ms, and an idle QEMU holds no more memory than before.
+ * `preload`: the shim's path, or null for none (default: {@link idleTrimShim}).
  */
-export function qemuEnvironment(parent: NodeJS.ProcessEnv = process.env, preload: string | null = noTrimShim(parent) ?? null): Record<string, string> {
+export function qemuEnvironment(parent: NodeJS.ProcessEnv = process.env, preload: string | null = idleTrimShim(parent) ?? null): Record<string, string> {
   const tunables = (parent.GLIBC_TUNABLES ?? '').split(':').filter((tunable) => tunable.length > 0);
   if (!tunables.some((tunable) => tunable.startsWith('glibc.malloc.hugetlb='))) tunables.push('glibc.malloc.hugetlb=1');
   const env: Record<string, string> = { LC_ALL: 'C', GLIBC_TUNABLES: tunables.join(':') };
@@ -65,22 +67,22 @@ export function qemuEnvironment(parent: NodeJS.ProcessEnv = process.env, preload
   return env;
 }
 
-/** The no-trim shim's path in this package, whether or not it is built. */
-export function noTrimShimPath(): string {
-  return join(packageRoot(), 'native', 'out', 'libevolvm-no-malloc-trim.so');
+/** The idle-trim shim's path in this package, whether or not it is built. */
+export function idleTrimShimPath(): string {
+  return join(packageRoot(), 'native', 'out', 'libevolvm-idle-malloc-trim.so');
 }
 
 let shimBuilt: boolean | undefined;
 
 /**
- * The no-trim shim to preload into QEMU: its path when `native/build.sh` has built it (checked once per
+ * The idle-trim shim to preload into QEMU: its path when `native/build.sh` has built it (checked once per
  * process), undefined when it is missing (QEMU then trims as usual: slower, not wrong) or when
  * `EVOLVM_QEMU_MALLOC_TRIM=on` asks for QEMU's own behaviour.
  */
-export function noTrimShim(env: NodeJS.ProcessEnv = process.env): string | undefined {
+export function idleTrimShim(env: NodeJS.ProcessEnv = process.env): string | undefined {
   if (env.EVOLVM_QEMU_MALLOC_TRIM === 'on') return undefined;
-  shimBuilt ??= existsSync(noTrimShimPath());
-  return shimBuilt ? noTrimShimPath() : undefined;
+  shimBuilt ??= existsSync(idleTrimShimPath());
+  return shimBuilt ? idleTrimShimPath() : undefined;
 }
 
 /** The parent's environment with `env` over it, as a directly spawned child gets it. */

@@ -29,9 +29,9 @@ describe('a booted machine', () => {
     expect(vm.state).toBe('running');
   });
 
-  it('runs QEMU with the no-trim shim preloaded (native/no-malloc-trim.c)', async () => {
+  it('runs QEMU with the idle-trim shim preloaded (native/idle-malloc-trim.c)', async () => {
     const { readFile } = await import('node:fs/promises');
-    expect(await readFile(`/proc/${vm.pid}/maps`, 'utf8')).toContain('libevolvm-no-malloc-trim.so');
+    expect(await readFile(`/proc/${vm.pid}/maps`, 'utf8')).toContain('libevolvm-idle-malloc-trim.so');
   });
 
   it('boots through pvh-loader: the kernel is no ROM blob that a snapshot-load would write back over RAM', async () => {

@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { noTrimShim, noTrimShimPath, qemuEnvironment } from '../../src/qemu/qemu-process.js';
+import { idleTrimShim, idleTrimShimPath, qemuEnvironment } from '../../src/qemu/qemu-process.js';
 
 describe('qemuEnvironment', () => {
   it('runs QEMU in the C locale with malloc on transparent huge pages', () => {
@@ -17,7 +17,7 @@ describe('qemuEnvironment', () => {
     expect(qemuEnvironment({ GLIBC_TUNABLES: 'glibc.malloc.hugetlb=0' }, null).GLIBC_TUNABLES).toBe('glibc.malloc.hugetlb=0');
   });
 
-  it("preloads the no-trim shim ahead of the user's own LD_PRELOAD, and nothing when there is no shim", () => {
+  it("preloads the idle-trim shim ahead of the user's own LD_PRELOAD, and nothing when there is no shim", () => {
     expect(qemuEnvironment({}, '/x/shim.so').LD_PRELOAD).toBe('/x/shim.so');
     expect(qemuEnvironment({ LD_PRELOAD: '/u/mine.so' }, '/x/shim.so').LD_PRELOAD).toBe('/x/shim.so:/u/mine.so');
     expect(qemuEnvironment({ LD_PRELOAD: '/u/mine.so' }, null)).not.toHaveProperty('LD_PRELOAD');
@@ -25,8 +25,8 @@ describe('qemuEnvironment', () => {
 
   it('finds the shim the setup built, unless EVOLVM_QEMU_MALLOC_TRIM=on', () => {
     // The setup (scripts/setup.sh → native/build.sh) builds it; the suite runs after the setup.
-    expect(existsSync(noTrimShimPath())).toBe(true);
-    expect(noTrimShim({})).toBe(noTrimShimPath());
-    expect(noTrimShim({ EVOLVM_QEMU_MALLOC_TRIM: 'on' })).toBeUndefined();
+    expect(existsSync(idleTrimShimPath())).toBe(true);
+    expect(idleTrimShim({})).toBe(idleTrimShimPath());
+    expect(idleTrimShim({ EVOLVM_QEMU_MALLOC_TRIM: 'on' })).toBeUndefined();
   });
 });

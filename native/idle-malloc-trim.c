@@ -1,0 +1,83 @@
+/*
+ * Preloaded into QEMU (LD_PRELOAD, see qemuEnvironment in src/qemu/qemu-process.ts): QEMU's malloc_trim calls
+ * are put off until QEMU has been quiet for QUIET_MS, then done once, by a thread of this shim.
+ *
+ * QEMU's RCU thread calls malloc_trim() after every batch of RCU callbacks, which hands every free page of every
+ * malloc arena back to the kernel (MADV_DONTNEED; with the heap on transparent huge pages it splits them first).
+ * During a snapshot load or a restore that happens many times, and each time the next allocations fault the
+ * pages straight back in: on a 2-core VM host, page faults and TLB shootdowns were a fifth of QEMU's main thread
+ * in a devolve, and the snapshot-load job took 23 ms instead of 10 (bench/RESULTS.md). Trimming only once QEMU
+ * is idle keeps what trimming is for: an idle QEMU holds no more memory than before.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
+#include <time.h>
+
+#define QUIET_MS 200
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static long long requested_at; /* CLOCK_MONOTONIC ms of the latest call not yet served; 0 when none */
+static size_t requested_pad;
+static int trimmer_started;
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000 + 1; /* never 0 */
+}
+
+static void *trimmer(void *unused)
+{
+	(void)unused;
+	int (*real_trim)(size_t) = (int (*)(size_t))dlsym(RTLD_NEXT, "malloc_trim");
+	pthread_mutex_lock(&lock);
+	for (;;) {
+		while (requested_at == 0)
+			pthread_cond_wait(&wake, &lock);
+		long long wait = requested_at + QUIET_MS - now_ms();
+		if (wait > 0) {
+			pthread_mutex_unlock(&lock);
+			struct timespec ts = { .tv_sec = wait / 1000, .tv_nsec = (wait % 1000) * 1000000 };
+			nanosleep(&ts, NULL);
+			pthread_mutex_lock(&lock);
+			continue;
+		}
+		size_t pad = requested_pad;
+		requested_at = 0;
+		pthread_mutex_unlock(&lock);
+		if (real_trim)
+			real_trim(pad);
+		pthread_mutex_lock(&lock);
+	}
+	return NULL;
+}
+
+int malloc_trim(size_t pad)
+{
+	pthread_mutex_lock(&lock);
+	requested_at = now_ms();
+	requested_pad = pad;
+	if (!trimmer_started) {
+		/* All signals blocked in the new thread, as QEMU does for its own: they belong to QEMU's threads. */
+		sigset_t all, old;
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
+		pthread_t thread;
+		pthread_attr_t attr;
+		pthread_attr_init(&attr);
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		/* If it cannot start, nothing is trimmed until a later call starts it: slower memory return, no harm. */
+		trimmer_started = pthread_create(&thread, &attr, trimmer, NULL) == 0;
+		pthread_attr_destroy(&attr);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+	} else {
+		pthread_cond_signal(&wake);
+	}
+	pthread_mutex_unlock(&lock);
+	return 0;
+}
