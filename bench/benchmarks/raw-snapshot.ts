@@ -32,10 +32,10 @@ export async function timedRawLoadOf(stage: Stage, signal: AbortSignal): Promise
   await machine.exec(['sh', '-c', CHANGE_GUEST], { signal });
   const start = performance.now();
   await machine.qmp.execute('stop', {}, bounds);
-  await restoreRamImage(image, machine.paths.ramFile, [{ offset: 0, length: ramBytes }]);
+  await restoreRamImage(image.path, machine.paths.ramFile, [{ offset: 0, length: ramBytes }], image.layout);
   const args = { 'job-id': `bench-raw-${++jobs}`, tag, vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE, DATA_NODE] };
   await runJob(machine.qmp, 'snapshot-load', args, bounds);
-  await restoreRamImage(image, machine.paths.ramFile, romRanges);
+  await restoreRamImage(image.path, machine.paths.ramFile, romRanges, image.layout);
   await machine.qmp.execute('cont', {}, bounds);
   const elapsed = since(start);
   await machine.ping({ signal });

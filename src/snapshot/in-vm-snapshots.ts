@@ -3,7 +3,7 @@ import { SnapshotError } from '../errors.js';
 import { DATA_NODE, SCRATCH_NODE } from '../qemu/argv.js';
 import type { Machine } from '../qemu/machine.js';
 import { runJob } from '../qemu/qmp/index.js';
-import { restoreRamImage, saveRamImage, type RamRange } from '../qemu/ram-image.js';
+import { restoreRamImage, saveRamImage, type RamImageLayout, type RamRange } from '../qemu/ram-image.js';
 import { ramRomRanges } from './rom-ranges.js';
 import { step } from '../util/trace.js';
 
@@ -30,6 +30,12 @@ type RamMode = { readonly kind: 'file'; readonly romRanges: readonly RamRange[] 
 
 let jobCounter = 0;
 
+/** A tag's guest RAM: a sparse image file on tmpfs, and where it holds data. */
+export interface RamImage {
+  readonly path: string;
+  readonly layout: RamImageLayout;
+}
+
 /**
  * In-VM snapshots of one machine: device state (and, for machines without a shared RAM file, RAM) in its qcow2
  * scratch disk through `snapshot-save` / `snapshot-load` / `snapshot-delete` QMP jobs, which also snapshot the
@@ -39,7 +45,7 @@ let jobCounter = 0;
 export class InVmSnapshots {
   readonly #machine: Machine;
   // tag → its RAM image, or undefined when RAM is in the vmstate.
-  readonly #tags = new Map<string, string | undefined>();
+  readonly #tags = new Map<string, RamImage | undefined>();
   // Every RAM image this object created and has not removed; all go when the machine stops.
   readonly #images = new Set<string>();
   #imageCount = 0;
@@ -56,7 +62,7 @@ export class InVmSnapshots {
   }
 
   /** Where `tag` keeps guest RAM: a sparse image file on tmpfs, or undefined when RAM is in its vmstate (or no such tag). */
-  ramImageOf(tag: string): string | undefined {
+  ramImageOf(tag: string): RamImage | undefined {
     return this.#tags.get(tag);
   }
 
@@ -78,9 +84,10 @@ export class InVmSnapshots {
       } else {
         const image = `${machine.paths.ramFile}.snap-${++this.#imageCount}`;
         this.#images.add(image);
+        let layout: RamImageLayout | undefined;
         try {
           await this.#paused(options, async () => {
-            await step('save: RAM file → image', () => saveRamImage(machine.paths.ramFile, image, this.#ramBytes));
+            layout = await step('save: RAM file → image', () => saveRamImage(machine.paths.ramFile, image, this.#ramBytes));
             await step('save: snapshot-save (device state)', () =>
               this.#job('snapshot-save', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE, DATA_NODE] }, options),
             );
@@ -89,7 +96,7 @@ export class InVmSnapshots {
           await this.#removeImage(image);
           throw error;
         }
-        this.#tags.set(tag, image);
+        this.#tags.set(tag, { path: image, layout: layout! });
       }
     } catch (error) {
       throw new SnapshotError('save', tag, { cause: machine.exitError ?? error });
@@ -123,12 +130,14 @@ export class InVmSnapshots {
         const romRanges = mode.kind === 'file' ? mode.romRanges : [];
         await this.#paused(options, async () => {
           // RAM first: loading virtio device state checks the rings in guest RAM against it.
-          await step('load: image → RAM file', () => restoreRamImage(image, machine.paths.ramFile, [{ offset: 0, length: this.#ramBytes }]));
+          await step('load: image → RAM file', () =>
+            restoreRamImage(image.path, machine.paths.ramFile, [{ offset: 0, length: this.#ramBytes }], image.layout),
+          );
           await step('load: snapshot-load (device state)', () =>
             this.#job('snapshot-load', tag, { vmstate: SCRATCH_NODE, devices: [SCRATCH_NODE, DATA_NODE] }, options),
           );
           // The load reset the machine, which rewrote the kernel's ELF segments from QEMU's copy.
-          await step('load: ROM ranges', () => restoreRamImage(image, machine.paths.ramFile, romRanges));
+          await step('load: ROM ranges', () => restoreRamImage(image.path, machine.paths.ramFile, romRanges, image.layout));
         });
       }
     } catch (error) {
@@ -158,7 +167,7 @@ export class InVmSnapshots {
       await this.#job('snapshot-delete', tag, { devices: [SCRATCH_NODE, DATA_NODE] }, options);
       const image = this.#tags.get(tag);
       this.#tags.delete(tag);
-      if (image !== undefined) await this.#removeImage(image);
+      if (image !== undefined) await this.#removeImage(image.path);
     } catch (error) {
       throw new SnapshotError('delete', tag, { cause: this.#machine.exitError ?? error });
     }
