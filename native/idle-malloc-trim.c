@@ -8,6 +8,11 @@
  * pages straight back in: on a 2-core VM host, page faults and TLB shootdowns were a fifth of QEMU's main thread
  * in a devolve, and the snapshot-load job took 23 ms instead of 10 (bench/RESULTS.md). Trimming only once QEMU
  * is idle keeps what trimming is for: an idle QEMU holds no more memory than before.
+ *
+ * Why 100 ms: longer than the gaps between RCU batches inside one operation and between the devolves of a hot-swap
+ * loop, so none of those trims; shorter than the guest work that usually separates one snapshot operation from
+ * the next, so the trim lands there rather than in the middle of the next load (200 ms put it in the devolve
+ * that follows an evolve: that devolve's job went 10-18 -> 25-35 ms).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -16,7 +21,7 @@
 #include <stddef.h>
 #include <time.h>
 
-#define QUIET_MS 200
+#define QUIET_MS 100
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;

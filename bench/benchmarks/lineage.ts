@@ -4,7 +4,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { startVmstateSnapshotTarget, timedRawLoadOf } from './raw-snapshot.js';
 
 /** How long QEMU must be quiet before the idle-trim shim trims its heap (QUIET_MS in native/idle-malloc-trim.c). */
-const TRIM_QUIET_MS = 200;
+const TRIM_QUIET_MS = 100;
 
 const evolve: Metric = { name: 'evolve', unit: 'ms' };
 const evolveClean: Metric = { name: 'evolve-clean', unit: 'ms' };
@@ -26,7 +26,7 @@ const DIRTY_PATH = '/tmp/evolvm-bench-dirty';
  * - `devolve-ready`: the same devolve until the guest has answered a ping sent right after it, which it does
  *   only after the resync (the agent serves its channel in order);
  * - `raw-snapshot-load`: after each devolve, the very snapshot that devolve loaded (same machine, tag and RAM
- *   image), loaded again straight over QMP, after a change to the guest as before a devolve and a 250 ms pause
+ *   image), loaded again straight over QMP, after a change to the guest as before a devolve and a 150 ms pause
  *   (QEMU's deferred heap trim then runs first, as it does between an evolve and its devolve). Interleaving the
  *   two keeps their ratio honest while other work on the host comes and goes.
  * - `vmstate-snapshot-load`: QEMU's own `snapshot-load` with RAM in the vmstate (what devolve used before), on a
@@ -55,9 +55,9 @@ export const lineageGroup: BenchGroup = {
             return value;
           };
           const rawLoad = async () => {
-            // Each devolve comes after an evolve whose snapshot save ended >200 ms before, so QEMU has run its
+            // Each devolve comes after an evolve whose snapshot save ended >100 ms before, so QEMU has run its
             // deferred heap trim (native/idle-malloc-trim.c) and the load faults that memory back in. The raw
-            // load would otherwise start within 200 ms of the devolve, before any trim: wait, untimed, so that
+            // load would otherwise start within 100 ms of the devolve, before any trim: wait, untimed, so that
             // both loads find QEMU's heap alike.
             await delay(TRIM_QUIET_MS + 50, undefined, { signal });
             const elapsed = await timedRawLoadOf(booted, signal);

@@ -55,7 +55,7 @@ export function resolveExecutable(binary: string, env: NodeJS.ProcessEnv = proce
  * - Huge pages: QEMU's start-up touches tens of MB of fresh heap, and on 4 KiB pages the faults were a third of
  *   its CPU: 105 → 74 ms from spawn to a QMP session, warm start 265 → 225 ms (measured, bench/RESULTS.md).
  * - Idle trim (native/idle-malloc-trim.c): QEMU trims its heap after every batch of RCU callbacks and faults the
- *   pages back in at once; trimming only after 200 ms without a call took a devolve's snapshot-load job from
+ *   pages back in at once; trimming only after 100 ms without a call took a devolve's snapshot-load job from
  *   23–26 to 10–11 ms, and an idle QEMU holds no more memory than before.
  * `preload`: the shim's path, or null for none (default: {@link idleTrimShim}).
  */
