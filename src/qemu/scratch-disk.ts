@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { QemuNotFoundError } from '../errors.js';
+import { cached, fileIdentity } from '../util/file-cache.js';
 import { resolveExecutable } from './qemu-process.js';
 
 /** qemu-img next to a qemu-system binary given by path, else from PATH. */
@@ -22,7 +23,8 @@ export function resolveQemuImg(qemuBinary: string): string {
 }
 
 // An empty qcow2 is a few hundred KiB of header and tables with nothing unique in it, so one made by qemu-img
-// is copied for every later disk of the same shape: a file write instead of a ~30 ms process spawn per disk.
+// is copied for every later disk of the same shape: a file write instead of a ~30 ms process spawn per disk. The
+// templates are kept on disk too (keyed by qemu-img, the size and the backing file), for the next process.
 const templates = new Map<string, Promise<Buffer>>();
 
 /**
@@ -33,11 +35,26 @@ export async function createScratchDisk(qemuBinary: string, path: string, sizeMi
   const key = JSON.stringify([qemuBinary, sizeMiB, backing ?? null]);
   let template = templates.get(key);
   if (!template) {
-    template = makeTemplate(resolveQemuImg(qemuBinary), sizeMiB, backing);
+    const qemuImg = resolveQemuImg(qemuBinary);
+    template = Promise.resolve().then(() => {
+      let diskKey: string;
+      try {
+        diskKey = [fileIdentity(qemuImg), sizeMiB, backing ? fileIdentity(backing) : ''].join('\0');
+      } catch {
+        // A backing file that cannot be read: qemu-img says why.
+        return makeTemplate(qemuImg, sizeMiB, backing);
+      }
+      return cached('qcow2', diskKey, isQcow2, () => makeTemplate(qemuImg, sizeMiB, backing));
+    });
     templates.set(key, template);
     template.catch(() => templates.delete(key));
   }
   await writeFile(path, await template);
+}
+
+/** A cached template is used only if it is a qcow2 image (its magic): a damaged entry is made again. */
+function isQcow2(bytes: Buffer): boolean {
+  return bytes.length >= 104 && bytes.readUInt32BE(0) === 0x514649fb;
 }
 
 async function makeTemplate(qemuImg: string, sizeMiB: number, backing: string | undefined): Promise<Buffer> {
