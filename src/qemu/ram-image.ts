@@ -69,7 +69,7 @@ export async function saveRamImage(ramFile: string, imageFile: string, size: num
  * Writes `ranges` of an image made by {@link saveRamImage} back into the guest RAM file, in place: the file
  * stays the same inode, so QEMU's shared mapping of it sees the new bytes. The guest must be stopped.
  * With the image's `layout` (what saveRamImage returned for it), its holes are written as zeros without being
- * read: a guest image is mostly holes, so this skips most of the reading (~7 ms of ~28 for 128 MiB here).
+ * read: a guest image is mostly holes, so this skips most of the reading (~3 ms of ~28 for 128 MiB here).
  * @throws the file system's error.
  */
 export async function restoreRamImage(imageFile: string, ramFile: string, ranges: readonly RamRange[], layout?: RamImageLayout): Promise<void> {
