@@ -112,7 +112,7 @@ export class InVmSnapshots {
    * channel in order), and `resynced` settles when the guest has done it.
    *
    * Why not wait for it: under TCG the load empties QEMU's translation cache, so the guest's first work after it
-   * runs slowly (~40 ms here); a caller can overlap its own next steps with that instead of waiting idle.
+   * runs slowly (~20–25 ms here); a caller can overlap its own next steps with that instead of waiting idle.
    * @throws {SnapshotError} with the QMP, file system or QEMU-exit error as cause.
    * @throws {OperationNotAllowedError} when the machine is not running.
    */
