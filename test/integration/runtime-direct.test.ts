@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { z } from 'zod';
 import {
   AgentTimeoutError,
@@ -15,7 +15,8 @@ import {
   sandboxOf,
   UserCodeLoaded,
 } from '../../src/index.js';
-import { expectNoLeaks, testRunDir } from '../helpers/leaks.js';
+import { testRunDir } from '../helpers/leaks.js';
+import { shareRuntime } from '../helpers/shared-runtime.js';
 
 const runDir = testRunDir('runtime-direct');
 const storeDir = mkdtempSync(join(tmpdir(), 'evolvm-direct-store-'));
@@ -35,28 +36,11 @@ function forever() { for (;;) {} }
 
 // One sandbox; every test starts from this RuntimeLoaded (js, on the direct port) and hands it on.
 let runtime: RuntimeLoaded;
-
-beforeAll(async () => {
-  const booted = await KernelBooted.boot({ runDir }, { hostFunctions: [double] });
-  runtime = await booted.evolve(loadRuntime({ kind: 'js' }));
-});
-
-afterAll(async () => {
-  await runtime?.close();
-  rmSync(storeDir, { recursive: true, force: true });
-  await expectNoLeaks(runDir);
-});
+const { withCode } = shareRuntime(runDir, 'js', [double], { get: () => runtime, set: (stage) => (runtime = stage) });
+afterAll(() => rmSync(storeDir, { recursive: true, force: true }));
 
 /** Loads the counter script, runs `body`, and devolves back to the runtime stage. */
-async function withCounter<T>(body: (code: UserCodeLoaded) => Promise<T>): Promise<T> {
-  const code = await runtime.evolve(loadCode(COUNTER));
-  try {
-    return await body(code);
-  } finally {
-    if (code.status === 'ready') runtime = await code.devolve();
-    else if (runtime.status !== 'ready') throw new Error('the sandbox left the runtime stage');
-  }
-}
+const withCounter = <T>(body: (code: UserCodeLoaded) => Promise<T>) => withCode(COUNTER, body);
 
 describe("a runtime on the runtimes' own port", () => {
   it('is the default: loads and calls go to the runtime directly, host functions included, not through the agent', async () => {

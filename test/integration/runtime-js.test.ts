@@ -1,35 +1,19 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { CallTimeoutError, defineHostFunction, KernelBooted, loadCode, loadRuntime, RuntimeLoaded, TransitionFailedError, type UserCodeLoaded } from '../../src/index.js';
+import { CallTimeoutError, defineHostFunction, loadCode, RuntimeLoaded, TransitionFailedError, type UserCodeLoaded } from '../../src/index.js';
 import { mapsReads } from '../helpers/guest-stats.js';
-import { expectNoLeaks, testRunDir } from '../helpers/leaks.js';
+import { testRunDir } from '../helpers/leaks.js';
+import { shareRuntime } from '../helpers/shared-runtime.js';
 
 const runDir = testRunDir('js');
 const js = (name: string) => readFileSync(join(import.meta.dirname, '..', 'fixtures', 'js', `${name}.js`), 'utf8');
 const double = defineHostFunction({ name: 'double', params: z.tuple([z.number()]), result: z.number(), impl: (x) => x * 2 });
 
 let runtime: RuntimeLoaded;
-
-beforeAll(async () => {
-  const booted = await KernelBooted.boot({ runDir }, { hostFunctions: [double] });
-  runtime = await booted.evolve(loadRuntime({ kind: 'js' }));
-});
-
-afterAll(async () => {
-  await runtime?.close();
-  await expectNoLeaks(runDir);
-});
-
-async function withScript<T>(name: string, body: (code: UserCodeLoaded) => Promise<T>): Promise<T> {
-  const code = await runtime.evolve(loadCode(js(name)));
-  try {
-    return await body(code);
-  } finally {
-    if (code.status === 'ready') runtime = await code.devolve();
-  }
-}
+const { withCode } = shareRuntime(runDir, 'js', [double], { get: () => runtime, set: (stage) => (runtime = stage) });
+const withScript = <T>(name: string, body: (code: UserCodeLoaded) => Promise<T>) => withCode(js(name), body);
 
 describe('the JavaScript runtime', () => {
   it('keeps the runtime resident: a load after a devolve reads nothing from the runtimes map', async () => {

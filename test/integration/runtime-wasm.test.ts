@@ -1,21 +1,20 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import {
   CallTimeoutError,
   defineHostFunction,
   GuestOperationError,
-  KernelBooted,
   loadCode,
-  loadRuntime,
   RuntimeLoaded,
   sandboxOf,
   TransitionFailedError,
   UserCodeLoaded,
 } from '../../src/index.js';
 import { mapsReads } from '../helpers/guest-stats.js';
-import { expectNoLeaks, testRunDir } from '../helpers/leaks.js';
+import { testRunDir } from '../helpers/leaks.js';
+import { shareRuntime } from '../helpers/shared-runtime.js';
 
 const runDir = testRunDir('wasm');
 const wasm = (name: string) => readFileSync(join(import.meta.dirname, '..', 'fixtures', 'wasm', `${name}.wasm`));
@@ -34,25 +33,8 @@ const double = defineHostFunction({
 
 // One sandbox, one runtime: every test loads its module from the same RuntimeLoaded stage and devolves back.
 let runtime: RuntimeLoaded;
-
-beforeAll(async () => {
-  const booted = await KernelBooted.boot({ runDir }, { hostFunctions: [double] });
-  runtime = await booted.evolve(loadRuntime({ kind: 'wasm' }));
-});
-
-afterAll(async () => {
-  await runtime?.close();
-  await expectNoLeaks(runDir);
-});
-
-async function withModule<T>(name: string, body: (code: UserCodeLoaded) => Promise<T>): Promise<T> {
-  const code = await runtime.evolve(loadCode(wasm(name)));
-  try {
-    return await body(code);
-  } finally {
-    if (code.status === 'ready') runtime = await code.devolve();
-  }
-}
+const { withCode } = shareRuntime(runDir, 'wasm', [double], { get: () => runtime, set: (stage) => (runtime = stage) });
+const withModule = <T>(name: string, body: (code: UserCodeLoaded) => Promise<T>) => withCode(wasm(name), body);
 
 describe('the WebAssembly runtime', () => {
   it('reports the runtime and the module exports with their types', async () => {
