@@ -1,7 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 /**
  * A small on-disk cache for facts evolvm would otherwise recompute in every process, shared by one user's
@@ -31,12 +31,8 @@ function entryPath(kind: string, key: string): string {
  */
 export function cachedSync(kind: string, key: string, valid: (bytes: Buffer) => boolean, make: () => Buffer): Buffer {
   const path = entryPath(kind, key);
-  try {
-    const bytes = readFileSync(path);
-    if (valid(bytes)) return bytes;
-  } catch {
-    // a miss
-  }
+  const hit = lookup(path, valid);
+  if (hit) return hit;
   const bytes = make();
   store(path, bytes);
   return bytes;
@@ -45,21 +41,27 @@ export function cachedSync(kind: string, key: string, valid: (bytes: Buffer) => 
 /** {@link cachedSync} for a value that takes a while to make. */
 export async function cached(kind: string, key: string, valid: (bytes: Buffer) => boolean, make: () => Promise<Buffer>): Promise<Buffer> {
   const path = entryPath(kind, key);
-  try {
-    const bytes = readFileSync(path);
-    if (valid(bytes)) return bytes;
-  } catch {
-    // a miss
-  }
+  const hit = lookup(path, valid);
+  if (hit) return hit;
   const bytes = await make();
   store(path, bytes);
   return bytes;
 }
 
+/** The entry at `path` if there is one and `valid` accepts it. */
+function lookup(path: string, valid: (bytes: Buffer) => boolean): Buffer | undefined {
+  try {
+    const bytes = readFileSync(path);
+    return valid(bytes) ? bytes : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 function store(path: string, bytes: Buffer): void {
   const temporary = `${path}.${randomUUID()}.tmp`;
   try {
-    mkdirSync(join(path, '..'), { recursive: true, mode: 0o700 });
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     writeFileSync(temporary, bytes, { mode: 0o600 });
     renameSync(temporary, path);
   } catch {
