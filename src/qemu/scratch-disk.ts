@@ -35,21 +35,23 @@ export async function createScratchDisk(qemuBinary: string, path: string, sizeMi
   const key = JSON.stringify([qemuBinary, sizeMiB, backing ?? null]);
   let template = templates.get(key);
   if (!template) {
-    const qemuImg = resolveQemuImg(qemuBinary);
-    template = Promise.resolve().then(() => {
-      let diskKey: string;
-      try {
-        diskKey = [fileIdentity(qemuImg), sizeMiB, backing ? fileIdentity(backing) : ''].join('\0');
-      } catch {
-        // A backing file that cannot be read: qemu-img says why.
-        return makeTemplate(qemuImg, sizeMiB, backing);
-      }
-      return cached('qcow2', diskKey, isQcow2, () => makeTemplate(qemuImg, sizeMiB, backing));
-    });
+    template = cachedTemplate(resolveQemuImg(qemuBinary), sizeMiB, backing);
     templates.set(key, template);
     template.catch(() => templates.delete(key));
   }
   await writeFile(path, await template);
+}
+
+/** A template from the file cache, or made by qemu-img (and cached). */
+async function cachedTemplate(qemuImg: string, sizeMiB: number, backing: string | undefined): Promise<Buffer> {
+  let key: string;
+  try {
+    key = [fileIdentity(qemuImg), sizeMiB, backing ? fileIdentity(backing) : ''].join('\0');
+  } catch {
+    // A backing file that cannot be read: qemu-img says why.
+    return makeTemplate(qemuImg, sizeMiB, backing);
+  }
+  return cached('qcow2', key, isQcow2, () => makeTemplate(qemuImg, sizeMiB, backing));
 }
 
 /** A cached template is used only if it is a qcow2 image (its magic): a damaged entry is made again. */
