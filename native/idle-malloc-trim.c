@@ -62,6 +62,33 @@ static void *trimmer(void *unused)
 	return NULL;
 }
 
+/*
+ * A forked child has no trimmer thread, whatever its parent had: the QEMU zygote (qemu-zygote.c) forks every QEMU
+ * from a process that may have started one. The lock is held across the fork, so the child's copy is consistent.
+ */
+static void before_fork(void)
+{
+	pthread_mutex_lock(&lock);
+}
+
+static void after_fork_in_parent(void)
+{
+	pthread_mutex_unlock(&lock);
+}
+
+static void after_fork_in_child(void)
+{
+	trimmer_started = 0;
+	requested_at = 0;
+	pthread_cond_init(&wake, NULL);
+	pthread_mutex_unlock(&lock);
+}
+
+__attribute__((constructor)) static void watch_forks(void)
+{
+	pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+}
+
 int malloc_trim(size_t pad)
 {
 	pthread_mutex_lock(&lock);

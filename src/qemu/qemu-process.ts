@@ -92,8 +92,35 @@ function fullEnvironment(env: Readonly<Record<string, string>>): Record<string, 
   return Object.assign(full, env);
 }
 
-/** How QEMU is started: through the shared spawn helper (default where perl exists), or by Node's own spawn. */
-export type QemuLauncher = 'helper' | 'direct';
+/**
+ * How QEMU is started:
+ * - `zygote`: forked from a QEMU zygote, a QEMU process that has been loaded once and runs QEMU's main in each
+ *   child it forks (native/qemu-zygote.c; default where it is built);
+ * - `helper`: forked and exec'd by the shared perl spawn helper (default where perl exists);
+ * - `direct`: by Node's own spawn.
+ */
+export type QemuLauncher = 'zygote' | 'helper' | 'direct';
+
+/** The QEMU zygote shim's path in this package, whether or not it is built. */
+export function qemuZygoteShimPath(): string {
+  return join(packageRoot(), 'native', 'out', 'libevolvm-qemu-zygote.so');
+}
+
+let zygoteBuilt: boolean | undefined;
+
+/**
+ * The QEMU zygote shim: its path when `native/build.sh` has built it (checked once per process), undefined when
+ * it is missing or when `EVOLVM_QEMU_ZYGOTE=off` asks for a fresh exec of QEMU every time.
+ * - Why: starting QEMU is mostly the dynamic loader and QEMU's constructors (~1,900 page faults, 236k relocations
+ *   here); a fork of a process that did them once skips them: spawn to a QMP session 65–77 → 26–38 ms.
+ * - What it costs: sibling QEMUs share the zygote's address-space layout and stack-protector canary, as the
+ *   children of any fork server do (README, "Security").
+ */
+export function qemuZygoteShim(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (env.EVOLVM_QEMU_ZYGOTE === 'off') return undefined;
+  zygoteBuilt ??= existsSync(qemuZygoteShimPath());
+  return zygoteBuilt ? qemuZygoteShimPath() : undefined;
+}
 
 let helper: SpawnHelper | undefined;
 /** Set when a helper died before it started anything: this perl cannot run it (no POSIX module, say). */
@@ -107,13 +134,63 @@ function spawnHelper(): SpawnHelper | undefined {
   return helper;
 }
 
+const zygotes = new Map<string, SpawnHelper>();
+/** Zygotes that died before they started anything: the shim cannot take that program over (not glibc, say). */
+const unusableZygotes = new Set<string>();
+
+/**
+ * Which zygote can start `executable` with `env`: the program and what the dynamic loader and glibc read from the
+ * environment at start-up (`LD_*`, `GLIBC_TUNABLES`, `MALLOC_*`), fixed in a zygote once it is loaded.
+ */
+function zygoteKey(executable: string, env: Readonly<Record<string, string>>): string {
+  const loaderEntries = Object.entries(env).filter(([name]) => /^(LD_|MALLOC_|GLIBC_TUNABLES$)/.test(name)).sort(([a], [b]) => (a < b ? -1 : 1));
+  return JSON.stringify([executable, loaderEntries]);
+}
+
+const elfFiles = new Map<string, boolean>();
+
+/**
+ * Whether `path` is an ELF file (checked once per path). A script cannot be a zygote: its interpreter is what
+ * would be loaded, and a child would run the interpreter's main with QEMU's arguments.
+ */
+function isElf(path: string): boolean {
+  let elf = elfFiles.get(path);
+  if (elf === undefined) {
+    let fd: number | undefined;
+    try {
+      fd = openSync(path, 'r');
+      const magic = Buffer.alloc(4);
+      elf = readSync(fd, magic, 0, 4, 0) === 4 && magic.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]));
+    } catch {
+      elf = false;
+    } finally {
+      if (fd !== undefined) closeSync(fd);
+    }
+    elfFiles.set(path, elf);
+  }
+  return elf;
+}
+
+/** The zygote for `executable` and `env`, started on first use and again if it died; undefined where none can run. */
+function zygoteFor(executable: string, env: Readonly<Record<string, string>>): SpawnHelper | undefined {
+  const shim = qemuZygoteShim();
+  const key = zygoteKey(executable, env);
+  if (!shim || unusableZygotes.has(key) || !isElf(executable)) return undefined;
+  let zygote = zygotes.get(key);
+  if (!zygote?.alive) {
+    zygote = SpawnHelper.startZygote(executable, shim, env);
+    zygotes.set(key, zygote);
+  }
+  return zygote;
+}
+
 export interface QemuSpawnOptions {
   /** The guest's serial console file, whose tail explains an unexpected exit. */
   consoleLog: string;
-  /** Where QEMU's stderr goes when the helper starts it (Node reads a directly spawned one's from a pipe). */
+  /** Where QEMU's stderr goes when a zygote or the helper starts it (Node reads a directly spawned one's from a pipe). */
   stderrLog: string;
   killGraceMs: number;
-  /** Default: `helper` where perl is installed, else `direct`. */
+  /** Default: `zygote` where it is built and can run, else `helper` where perl can run it, else `direct`. */
   launcher?: QemuLauncher;
 }
 
@@ -163,20 +240,25 @@ export class QemuProcess {
     const setpriv = pdeathsigWrapper();
     const wrapped = (): [string, string[]] => (setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', executable, ...argv]] : [executable, [...argv]]);
     const env = qemuEnvironment();
-    const via = options.launcher ?? (spawnHelper() ? 'helper' : 'direct');
-    if (via === 'helper') {
-      const launcher = spawnHelper();
-      if (!launcher) throw new QemuStartError('the spawn helper cannot run here (no perl, or one that could not run it)');
-      const command = launcher.setsParentDeath ? [executable, ...argv] : wrapped().flat();
+    const full = fullEnvironment(env);
+    const chosen = options.launcher;
+    for (const via of chosen ? [chosen] : (['zygote', 'helper'] as const)) {
+      if (via === 'direct') break;
+      const launcher = via === 'zygote' ? zygoteFor(executable, full) : spawnHelper();
+      if (!launcher) {
+        if (chosen) throw new QemuStartError(via === 'zygote' ? 'no QEMU zygote can run here (native/build.sh has not built it, or EVOLVM_QEMU_ZYGOTE=off)' : 'the spawn helper cannot run here (no perl, or one that could not run it)');
+        continue;
+      }
+      // A zygote's child runs main in place, with no exec: it sets its parent-death signal itself.
+      const command = via === 'zygote' || launcher.setsParentDeath ? [executable, ...argv] : wrapped().flat();
       try {
-        const child = await launcher.spawn(command, fullEnvironment(env), options.stderrLog);
+        const child = await launcher.spawn(command, full, options.stderrLog);
         return new QemuProcess(child.pid, child.exited, { signal: (signal) => launcher.kill(child.pid, signal) }, options);
       } catch (error) {
-        if (options.launcher === 'helper' || launcher.alive || launcher.hasSpawned) {
-          throw new QemuStartError((error as Error).message, { cause: error });
-        }
-        // The helper never worked here: Node spawns QEMU itself from now on.
-        helperUnusable = true;
+        if (chosen || launcher.alive || launcher.hasSpawned) throw new QemuStartError((error as Error).message, { cause: error });
+        // It never worked here: the next launcher starts QEMU from now on.
+        if (via === 'zygote') unusableZygotes.add(zygoteKey(executable, full));
+        else helperUnusable = true;
       }
     }
     const [file, args] = wrapped();

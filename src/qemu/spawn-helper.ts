@@ -23,16 +23,24 @@ const HELPER_GONE: ExitInfo = { exitCode: null, signal: 'SIGKILL' };
 /** prctl's system call number by Node's `process.arch` (asm/unistd.h); the helper's children set their parent-death signal with it. */
 const PRCTL_SYSCALL: Partial<Record<string, number>> = { x64: 157, arm64: 167, riscv64: 167, loong64: 167, ppc64: 171, s390x: 172, ia32: 172, arm: 172 };
 
-const HELPER_OPTIONS = { stdin: 'pipe', stdout: 'pipe', stderr: 'inherit', buffer: false, reject: false, cleanup: true, env: { LC_ALL: 'C' } } as const;
+const HELPER_OPTIONS = { stdin: 'pipe', stdout: 'pipe', stderr: 'inherit', buffer: false, reject: false, cleanup: true } as const;
+
+/**
+ * How much room a zygote's command line leaves for its children's: each child writes its own argv there, so that
+ * ps and pgrep show what it runs. QEMU's command lines here are 2–4 KiB.
+ */
+const ZYGOTE_ARGV_ROOM = 16 * 1024;
 
 function hex(text: string): string {
   return Buffer.from(text, 'utf8').toString('hex');
 }
 
 /**
- * A long-lived perl process that forks children for this Node process (see {@link SPAWN_HELPER_SCRIPT}). Node's
- * own spawn forks all of Node (page tables of 100+ MB) and blocks the event loop until the child has exec'd:
- * 10–45 ms per QEMU here, serialised, while a fork of 16 clones wants the loop for their handshakes.
+ * A long-lived process that forks children for this Node process: a perl script that forks and execs (see
+ * {@link SPAWN_HELPER_SCRIPT}), or a QEMU zygote that forks children which run QEMU's main without an exec (see
+ * native/qemu-zygote.c); both speak the same protocol. Node's own spawn forks all of Node (page tables of
+ * 100+ MB) and blocks the event loop until the child has exec'd: 10–45 ms per QEMU here, serialised, while a fork
+ * of 16 clones wants the loop for their handshakes.
  */
 export class SpawnHelper {
   readonly #process: ResultPromise<typeof HELPER_OPTIONS>;
@@ -42,12 +50,11 @@ export class SpawnHelper {
   #dead = false;
   #spawnedOne = false;
   /** Whether each child sets its own parent-death signal (prctl's number is known here), so needs no setpriv. */
-  readonly setsParentDeath = PRCTL_SYSCALL[process.arch] !== undefined;
+  readonly setsParentDeath: boolean;
 
-  private constructor(perl: string, wrapper: string | undefined) {
-    const script = ['-e', SPAWN_HELPER_SCRIPT, String(PRCTL_SYSCALL[process.arch] ?? 0)];
-    const [file, args] = wrapper ? [wrapper, ['--pdeathsig', 'KILL', '--', perl, ...script]] : [perl, script];
-    this.#process = execa(file, args, HELPER_OPTIONS);
+  private constructor(file: string, args: readonly string[], env: Readonly<Record<string, string>>, extendEnv: boolean, setsParentDeath: boolean) {
+    this.setsParentDeath = setsParentDeath;
+    this.#process = execa(file, args, { ...HELPER_OPTIONS, env, extendEnv });
     const lines = createInterface({ input: this.#process.stdout });
     lines.on('line', (line) => this.#onLine(line));
     void this.#process.then(() => this.#onDeath());
@@ -55,9 +62,23 @@ export class SpawnHelper {
     this.#setRef(false);
   }
 
-  /** Starts a helper with `perl`, under `wrapper` (setpriv, for the parent-death signal) when given. */
+  /** Starts a perl helper with `perl`, under `wrapper` (setpriv, for the parent-death signal) when given. */
   static start(perl: string, wrapper: string | undefined): SpawnHelper {
-    return new SpawnHelper(perl, wrapper);
+    const script = ['-e', SPAWN_HELPER_SCRIPT, String(PRCTL_SYSCALL[process.arch] ?? 0)];
+    const [file, args] = wrapper ? [wrapper, ['--pdeathsig', 'KILL', '--', perl, ...script]] : [perl, script];
+    return new SpawnHelper(file, args, { LC_ALL: 'C' }, true, PRCTL_SYSCALL[process.arch] !== undefined);
+  }
+
+  /**
+   * Starts a zygote of `executable` (a glibc program): `zygote` is native/qemu-zygote.c's shim, preloaded ahead of
+   * the `LD_PRELOAD` in `env`, which is the environment the program is loaded with. Its children run with the
+   * environment each spawn names; only what the dynamic loader and glibc read at start-up comes from `env`.
+   * A program the shim cannot take over runs its own main with the argument `-evolvm-zygote` instead, which QEMU
+   * refuses at once: the helper then dies before it has spawned anything.
+   */
+  static startZygote(executable: string, zygote: string, env: Readonly<Record<string, string>>): SpawnHelper {
+    const preload = [zygote, env.LD_PRELOAD].filter((entry) => entry !== undefined && entry.length > 0).join(':');
+    return new SpawnHelper(executable, ['-evolvm-zygote', ' '.repeat(ZYGOTE_ARGV_ROOM)], { ...env, LD_PRELOAD: preload, EVOLVM_ZYGOTE: '1' }, false, true);
   }
 
   /** False once the helper has exited; a new one must be started then. */

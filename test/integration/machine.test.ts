@@ -30,8 +30,16 @@ describe('a booted machine', () => {
   });
 
   it('runs QEMU with the idle-trim shim preloaded (native/idle-malloc-trim.c)', async () => {
-    const { readFile } = await import('node:fs/promises');
     expect(await readFile(`/proc/${vm.pid}/maps`, 'utf8')).toContain('libevolvm-idle-malloc-trim.so');
+  });
+
+  it('runs QEMU forked from a QEMU zygote (native/qemu-zygote.c), showing its own command line', async () => {
+    const parent = Number(/^PPid:\s+(\d+)/m.exec(await readFile(`/proc/${vm.pid}/status`, 'utf8'))?.[1]);
+    expect(await readFile(`/proc/${parent}/cmdline`, 'latin1')).toMatch(/^[^\0]*qemu-system-x86_64\0-evolvm-zygote\0/);
+    // What ps and pgrep show (the leak checks look for QEMUs by their run directory): QEMU's own arguments.
+    const args = (await readFile(`/proc/${vm.pid}/cmdline`, 'latin1')).split('\0').filter((arg) => arg.length > 0);
+    expect(args).toContain('-qmp');
+    expect(args.join(' ')).toContain(vm.paths.dir);
   });
 
   it('boots through pvh-loader: the kernel is no ROM blob that a snapshot-load would write back over RAM', async () => {

@@ -18,9 +18,9 @@ beforeAll(() => {
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function run(preload?: string): { before: number; rightAfter: number; later: number } {
+function run(preload?: string, args: string[] = []): { before: number; rightAfter: number; later: number } {
   const env = { ...process.env, LD_PRELOAD: preload ?? '' };
-  const [before, rightAfter, later] = execFileSync(probe, { env, encoding: 'utf8' }).trim().split(' ').map(Number);
+  const [before, rightAfter, later] = execFileSync(probe, args, { env, encoding: 'utf8' }).trim().split(' ').map(Number);
   return { before: before!, rightAfter: rightAfter!, later: later! };
 }
 
@@ -32,6 +32,12 @@ describe('the idle-trim shim', () => {
 
   it('puts the trim off: nothing is given back at the call, all of it once the process is quiet', () => {
     const { before, rightAfter, later } = run(idleTrimShimPath());
+    expect(before - rightAfter).toBeLessThan(8 * 1024);
+    expect(before - later).toBeGreaterThan(48 * 1024);
+  });
+
+  it('still trims in a child forked after its trimmer thread started (a QEMU forked by the zygote)', () => {
+    const { before, rightAfter, later } = run(idleTrimShimPath(), ['fork']);
     expect(before - rightAfter).toBeLessThan(8 * 1024);
     expect(before - later).toBeGreaterThan(48 * 1024);
   });

@@ -5,7 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QemuProcess } from '../../src/qemu/qemu-process.js';
 
 // A perl that cannot run the spawn helper (on Debian perl-base always has POSIX; elsewhere it may be split off):
-// vitest gives this file its own module instances, so the fake is what qemu-process finds first in PATH.
+// vitest gives this file its own module instances, so the fake is what qemu-process finds first in PATH. The
+// QEMU zygote, which would come first, is switched off.
 const work = mkdtempSync(join(tmpdir(), 'evolvm-qemu-fallback-'));
 const path = process.env.PATH;
 
@@ -14,10 +15,12 @@ beforeAll(() => {
   writeFileSync(perl, '#!/bin/sh\necho "Can\'t locate POSIX.pm" >&2\nexit 2\n');
   chmodSync(perl, 0o755);
   process.env.PATH = `${work}:${path}`;
+  process.env.EVOLVM_QEMU_ZYGOTE = 'off';
 });
 
 afterAll(() => {
   process.env.PATH = path;
+  delete process.env.EVOLVM_QEMU_ZYGOTE;
   rmSync(work, { recursive: true, force: true });
 });
 

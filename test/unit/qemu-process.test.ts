@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -32,7 +32,7 @@ function start(launcher: QemuLauncher, script: string, killGraceMs = 500): Promi
   return QemuProcess.spawn('/bin/sh', ['-c', script], { consoleLog: join(work, 'no-console.log'), stderrLog, killGraceMs, launcher });
 }
 
-describe.each<QemuLauncher>(['helper', 'direct'])('a process started by the %s launcher', (launcher) => {
+describe.each<QemuLauncher>(['zygote', 'helper', 'direct'])('a process started by the %s launcher', (launcher) => {
   it('reports its exit code, and its stderr in the diagnostic tail', async () => {
     const child = await start(launcher, 'echo boom >&2; exit 4');
     await expect(child.exited).resolves.toEqual({ exitCode: 4, signal: null });
@@ -74,33 +74,80 @@ describe.each<QemuLauncher>(['helper', 'direct'])('a process started by the %s l
   });
 });
 
-describe('the spawn helper', () => {
+describe.each<QemuLauncher>(['zygote', 'helper'])('the %s launcher', (launcher) => {
   it('fails a spawn whose stderr file cannot be opened with QemuStartError, leaving no child', async () => {
-    const error = await QemuProcess.spawn('/bin/sh', ['-c', 'exit 0'], { consoleLog: '/dev/null', stderrLog: join(work, 'missing', 'err.log'), killGraceMs: 100, launcher: 'helper' }).catch((e: unknown) => e);
+    const error = await QemuProcess.spawn('/bin/sh', ['-c', 'exit 0'], { consoleLog: '/dev/null', stderrLog: join(work, 'missing', 'err.log'), killGraceMs: 100, launcher }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(QemuStartError);
     expect((error as QemuStartError).message).toMatch(/missing\/err\.log/);
   });
 
   it('starts 16 children at once and tells each its own exit', async () => {
-    const children = await Promise.all(Array.from({ length: 16 }, (_, i) => start('helper', `sleep 0.$((${i} % 3)); exit ${i}`)));
+    const children = await Promise.all(Array.from({ length: 16 }, (_, i) => start(launcher, `sleep 0.$((${i} % 3)); exit ${i}`)));
     expect(new Set(children.map((child) => child.pid)).size).toBe(16);
     const exits = await Promise.all(children.map((child) => child.exited));
     expect(exits.map((info) => info.exitCode)).toEqual(Array.from({ length: 16 }, (_, i) => i));
   });
 
-  it('reports its children killed when it dies, and a new helper serves the next spawn', async () => {
-    const child = await start('helper', 'exec sleep 30');
-    const helperPid = Number(/^PPid:\s+(\d+)/m.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1]);
-    expect(readFileSync(`/proc/${helperPid}/cmdline`, 'utf8')).toMatch(/perl\0-e\0/);
+  it('reports its children killed when it dies, and a new one serves the next spawn', async () => {
+    const child = await start(launcher, 'exec sleep 30');
+    const helperPid = parentOf(child.pid);
+    expect(readFileSync(`/proc/${helperPid}/cmdline`, 'utf8')).toMatch(launcher === 'zygote' ? /^\/bin\/sh\0-evolvm-zygote\0/ : /perl\0-e\0/);
     process.kill(helperPid, 'SIGKILL');
     await expect(child.exited).resolves.toEqual({ exitCode: null, signal: 'SIGKILL' });
     const deadline = Date.now() + 5000;
     while (processAlive(child.pid) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
     expect(processAlive(child.pid)).toBe(false);
-    const next = await start('helper', 'exit 7');
+    const next = await start(launcher, 'exit 7');
     await expect(next.exited).resolves.toEqual({ exitCode: 7, signal: null });
   });
+});
 
+function parentOf(pid: number): number {
+  return Number(/^PPid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+}
+
+describe('the QEMU zygote', () => {
+  it('is the default launcher, and its child runs main in place with the argv it was sent, which ps shows', async () => {
+    const child = await QemuProcess.spawn('/bin/sh', ['-c', 'sleep 0.3; exit 3', 'zygote-argv-marker'], { consoleLog: '/dev/null', stderrLog: join(work, 'argv.log'), killGraceMs: 500 });
+    expect(readFileSync(`/proc/${parentOf(child.pid)}/cmdline`, 'utf8')).toMatch(/^\/bin\/sh\0-evolvm-zygote\0/);
+    expect(readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').replace(/\0+$/, '')).toBe(['/bin/sh', '-c', 'sleep 0.3; exit 3', 'zygote-argv-marker'].join('\0'));
+    await expect(child.exited).resolves.toEqual({ exitCode: 3, signal: null });
+  });
+
+  it('is not used for a script: its interpreter would be the zygote, so the perl helper runs it', async () => {
+    const script = join(work, 'fake-qemu.sh');
+    writeFileSync(script, '#!/bin/sh\necho "script ran with $1" >&2\nsleep 0.2\nexit 4\n');
+    chmodSync(script, 0o755);
+    const child = await QemuProcess.spawn(script, ['first-arg'], { consoleLog: '/dev/null', stderrLog: join(work, 'script.log'), killGraceMs: 500 });
+    expect(readFileSync(`/proc/${parentOf(child.pid)}/cmdline`, 'utf8')).toMatch(/perl\0-e\0/);
+    await expect(child.exited).resolves.toEqual({ exitCode: 4, signal: null });
+    expect(child.diagnosticTail()).toContain('script ran with first-arg');
+  });
+
+  it('falls back to the perl helper for a program the shim cannot take over (static), from then on', async () => {
+    for (const code of [5, 6]) {
+      const child = await QemuProcess.spawn('/bin/busybox', ['sh', '-c', `sleep 0.2; exit ${code}`], { consoleLog: '/dev/null', stderrLog: join(work, 'static.log'), killGraceMs: 500 });
+      expect(readFileSync(`/proc/${parentOf(child.pid)}/cmdline`, 'utf8')).toMatch(/perl\0-e\0/);
+      await expect(child.exited).resolves.toEqual({ exitCode: code, signal: null });
+    }
+    // Asked for by name, it fails instead of falling back.
+    await expect(QemuProcess.spawn('/bin/busybox', ['true'], { consoleLog: '/dev/null', stderrLog: join(work, 'static.log'), killGraceMs: 500, launcher: 'zygote' })).rejects.toBeInstanceOf(QemuStartError);
+  });
+
+  it('is not used with EVOLVM_QEMU_ZYGOTE=off', async () => {
+    process.env.EVOLVM_QEMU_ZYGOTE = 'off';
+    try {
+      const child = await start('helper', 'sleep 0.2');
+      const viaDefault = await QemuProcess.spawn('/bin/sh', ['-c', 'sleep 0.2'], { consoleLog: '/dev/null', stderrLog: join(work, 'off.log'), killGraceMs: 500 });
+      expect(readFileSync(`/proc/${parentOf(viaDefault.pid)}/cmdline`, 'utf8')).toMatch(/perl\0-e\0/);
+      await Promise.all([child.exited, viaDefault.exited]);
+    } finally {
+      delete process.env.EVOLVM_QEMU_ZYGOTE;
+    }
+  });
+});
+
+describe('the spawn helper', () => {
   it('gives each child its parent-death signal itself, before exec (no setpriv in between)', async () => {
     const spawner = SpawnHelper.start('/usr/bin/perl', undefined);
     const child = await spawner.spawn(['/bin/sleep', '30'], { PATH: '/usr/bin:/bin' }, join(work, 'bare.log'));
