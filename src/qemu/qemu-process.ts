@@ -3,6 +3,7 @@ import { delimiter, join } from 'node:path';
 import { execa } from 'execa';
 import { QemuNotFoundError, QemuStartError } from '../errors.js';
 import { packageRoot } from './guest-image.js';
+import { fileIdentity } from '../util/file-cache.js';
 import { SpawnHelper, type ExitInfo } from './spawn-helper.js';
 
 export type { ExitInfo };
@@ -139,12 +140,14 @@ const zygotes = new Map<string, SpawnHelper>();
 const unusableZygotes = new Set<string>();
 
 /**
- * Which zygote can start `executable` with `env`: the program and what the dynamic loader and glibc read from the
- * environment at start-up (`LD_*`, `GLIBC_TUNABLES`, `MALLOC_*`), fixed in a zygote once it is loaded.
+ * Which zygote can start `executable` with `env`: the program file as it is now (a QEMU upgraded in place gets a
+ * zygote of its own, so that a child never runs another version than the file on disk reports) and what the
+ * dynamic loader and glibc read from the environment at start-up (`LD_*`, `GLIBC_TUNABLES`, `MALLOC_*`), fixed in
+ * a zygote once it is loaded.
  */
 function zygoteKey(executable: string, env: Readonly<Record<string, string>>): string {
   const loaderEntries = Object.entries(env).filter(([name]) => /^(LD_|MALLOC_|GLIBC_TUNABLES$)/.test(name)).sort(([a], [b]) => (a < b ? -1 : 1));
-  return JSON.stringify([executable, loaderEntries]);
+  return JSON.stringify([fileIdentity(executable), loaderEntries]);
 }
 
 const elfFiles = new Map<string, boolean>();
@@ -174,8 +177,14 @@ function isElf(path: string): boolean {
 /** The zygote for `executable` and `env`, started on first use and again if it died; undefined where none can run. */
 function zygoteFor(executable: string, env: Readonly<Record<string, string>>): SpawnHelper | undefined {
   const shim = qemuZygoteShim();
-  const key = zygoteKey(executable, env);
-  if (!shim || unusableZygotes.has(key) || !isElf(executable)) return undefined;
+  if (!shim || !isElf(executable)) return undefined;
+  let key: string;
+  try {
+    key = zygoteKey(executable, env);
+  } catch {
+    return undefined; // the file went away since it was found: the next launcher reports that
+  }
+  if (unusableZygotes.has(key)) return undefined;
   let zygote = zygotes.get(key);
   if (!zygote?.alive) {
     zygote = SpawnHelper.startZygote(executable, shim, env);

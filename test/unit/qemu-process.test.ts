@@ -114,6 +114,22 @@ describe('the QEMU zygote', () => {
     await expect(child.exited).resolves.toEqual({ exitCode: 3, signal: null });
   });
 
+  it('gets a zygote of its own for a program replaced on disk, so no child runs the old one', async () => {
+    const program = join(work, 'replaced-sh');
+    writeFileSync(program, readFileSync('/bin/sh'));
+    chmodSync(program, 0o755);
+    const first = await QemuProcess.spawn(program, ['-c', 'sleep 0.3'], { consoleLog: '/dev/null', stderrLog: join(work, 'replaced.log'), killGraceMs: 500 });
+    const again = await QemuProcess.spawn(program, ['-c', 'sleep 0.3'], { consoleLog: '/dev/null', stderrLog: join(work, 'replaced.log'), killGraceMs: 500 });
+    expect(parentOf(again.pid)).toBe(parentOf(first.pid));
+    rmSync(program);
+    writeFileSync(program, readFileSync('/bin/sh'));
+    chmodSync(program, 0o755);
+    const replaced = await QemuProcess.spawn(program, ['-c', 'sleep 0.3'], { consoleLog: '/dev/null', stderrLog: join(work, 'replaced.log'), killGraceMs: 500 });
+    expect(readFileSync(`/proc/${parentOf(replaced.pid)}/cmdline`, 'utf8')).toMatch(/-evolvm-zygote/);
+    expect(parentOf(replaced.pid)).not.toBe(parentOf(first.pid));
+    await Promise.all([first.exited, again.exited, replaced.exited]);
+  });
+
   it('is not used for a script: its interpreter would be the zygote, so the perl helper runs it', async () => {
     const script = join(work, 'fake-qemu.sh');
     writeFileSync(script, '#!/bin/sh\necho "script ran with $1" >&2\nsleep 0.2\nexit 4\n');
@@ -160,11 +176,13 @@ describe('the spawn helper', () => {
     expect(spawner.alive).toBe(false);
     await expect(spawner.spawn(['/bin/true'], {}, join(work, 'bare.log'))).rejects.toThrow(/spawn helper/);
   });
+});
 
+describe.each<QemuLauncher>(['zygote', 'helper'])('a Node process whose children the %s launcher started', (launcher) => {
   const childScript = fileURLToPath(new URL('./spawn-owner-child.ts', import.meta.url));
   function runOwner(mode: string): Promise<{ code: number | null; output: string; ms: number }> {
     const begun = Date.now();
-    const owner = spawn(process.execPath, ['--import', 'tsx', childScript, mode, join(work, `owner-${mode}.log`)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const owner = spawn(process.execPath, ['--import', 'tsx', childScript, mode, join(work, `owner-${launcher}-${mode}.log`), launcher], { stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     owner.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
     owner.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));

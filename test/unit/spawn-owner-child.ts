@@ -1,15 +1,16 @@
-// Run by qemu-process.test.ts in its own Node process: starts children through the spawn helper, then ends.
-import { QemuProcess } from '../../src/qemu/qemu-process.js';
+// Run by qemu-process.test.ts in its own Node process: starts children through a launcher, then ends.
+import { QemuProcess, type QemuLauncher } from '../../src/qemu/qemu-process.js';
 
-const [mode, stderrLog] = process.argv.slice(2);
+const [mode, stderrLog, launcherArg] = process.argv.slice(2);
+const launcher = (launcherArg ?? 'helper') as QemuLauncher;
 if (mode === 'idle') {
   // A child that has exited must not keep this process alive through the helper.
-  const child = await QemuProcess.spawn('/bin/sh', ['-c', 'exit 0'], { consoleLog: '/dev/null', stderrLog: stderrLog!, killGraceMs: 500, launcher: 'helper' });
+  const child = await QemuProcess.spawn('/bin/sh', ['-c', 'exit 0'], { consoleLog: '/dev/null', stderrLog: stderrLog!, killGraceMs: 500, launcher });
   await child.exited;
   console.log('done');
 } else {
   // Exiting while a child runs takes the child down.
-  const child = await QemuProcess.spawn('/bin/sleep', ['30'], { consoleLog: '/dev/null', stderrLog: stderrLog!, killGraceMs: 500, launcher: 'helper' });
+  const child = await QemuProcess.spawn('/bin/sleep', ['30'], { consoleLog: '/dev/null', stderrLog: stderrLog!, killGraceMs: 500, launcher });
   console.log(`pid ${child.pid}`);
   process.exit(0);
 }
