@@ -1,11 +1,12 @@
 /*
- * Preloaded into a QEMU started with EVOLVM_ZYGOTE=1 (src/qemu/qemu-zygote.ts): instead of running QEMU's main,
- * the process serves fork requests, and each child runs QEMU's main with the argv and environment it was sent.
+ * Preloaded into a QEMU started with EVOLVM_ZYGOTE=1 (SpawnHelper.startZygote in src/qemu/spawn-helper.ts, used by
+ * src/qemu/qemu-process.ts): instead of running QEMU's main, the process serves fork requests, and each child runs
+ * QEMU's main with the argv and environment it was sent.
  *
- * Why: on a host where page faults are dear (a VM host with shadow paging: ~25 us each), starting QEMU is mostly
- * the dynamic loader and QEMU's constructors: ~1,900 page faults and ~45 ms before main for `--version` here
- * (236k relative relocations in the PIE binary, 51 libraries, QOM type registration). A fork of a process that has
- * done all that already skips it; the child only pays for the pages it writes.
+ * Why: where page faults are dear (this host is itself a VM: ~25 us each), starting QEMU is mostly the dynamic
+ * loader and QEMU's constructors: `qemu-system-x86_64 --version` takes ~1,900 page faults and 40-76 ms here (236k
+ * relative relocations in the PIE binary, 51 libraries). A fork of a process that has done all that already skips
+ * it; the child pays only for the pages it writes. Spawn to an answered qmp_capabilities: 73-93 -> 35-46 ms.
  *
  * Without EVOLVM_ZYGOTE the shim only passes through to the real __libc_start_main.
  *
@@ -317,7 +318,8 @@ static void skip_class(void *klass, void *opaque)
  * Does once, here, the first steps of QEMU's main that depend on nothing but the binary: registering its trace
  * events and QOM types, and initialising every QOM class (QEMU's main does that for all of them when it looks up
  * the machine type). Each child's main then finds them done and skips them: module_call_init remembers each
- * module type, and a class is initialised only once. Measured: spawn to a QMP session ~31 -> ~22 ms.
+ * module type, and a class is initialised only once. Measured: ~1-3 ms off spawn to a QMP session, and ~3 MiB
+ * less PSS per QEMU (the classes stay shared with the zygote).
  * Only for QEMU 7, whose internals this was checked against; any other QEMU is left to do it itself.
  */
 static void preinit_qemu(void)

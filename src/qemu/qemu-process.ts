@@ -113,7 +113,7 @@ let zygoteBuilt: boolean | undefined;
  * The QEMU zygote shim: its path when `native/build.sh` has built it (checked once per process), undefined when
  * it is missing or when `EVOLVM_QEMU_ZYGOTE=off` asks for a fresh exec of QEMU every time.
  * - Why: starting QEMU is mostly the dynamic loader and QEMU's constructors (~1,900 page faults, 236k relocations
- *   here); a fork of a process that did them once skips them: spawn to a QMP session 65–77 → 26–38 ms.
+ *   here); a fork of a process that did them once skips them: spawn to an answered QMP command 73–93 → 35–46 ms.
  * - What it costs: sibling QEMUs share the zygote's address-space layout and stack-protector canary, as the
  *   children of any fork server do (README, "Security").
  */
