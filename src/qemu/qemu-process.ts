@@ -1,52 +1,14 @@
-import { accessSync, constants, existsSync, openSync, readSync, closeSync, fstatSync } from 'node:fs';
-import { delimiter, join } from 'node:path';
+import { openSync, readSync, closeSync, fstatSync } from 'node:fs';
 import { execa } from 'execa';
 import { QemuNotFoundError, QemuStartError } from '../errors.js';
-import { packageRoot } from './guest-image.js';
-import { fileIdentity } from '../util/file-cache.js';
-import { SpawnHelper, type ExitInfo } from './spawn-helper.js';
+import { markUnusable, pdeathsigWrapper, spawnHelper, zygoteFor, type QemuLauncher } from './launchers.js';
+import { idleTrimShim } from './native-shims.js';
+import { resolveExecutable } from './resolve-executable.js';
+import type { ExitInfo } from './spawn-helper.js';
 
-export type { ExitInfo };
+export type { ExitInfo, QemuLauncher };
 
 const STDERR_TAIL_BYTES = 8 * 1024;
-
-const optionalTools = new Map<string, string | undefined>();
-
-/** Where `name` is in PATH, looked up once per process; undefined when it is not installed. */
-function optionalTool(name: string): string | undefined {
-  if (!optionalTools.has(name)) {
-    let path: string | undefined;
-    try {
-      path = resolveExecutable(name);
-    } catch {
-      path = undefined;
-    }
-    optionalTools.set(name, path);
-  }
-  return optionalTools.get(name);
-}
-
-/** util-linux's setpriv when it is installed (it is on Debian: util-linux is essential), else undefined. */
-function pdeathsigWrapper(): string | undefined {
-  return optionalTool('setpriv');
-}
-
-/**
- * Finds an executable the way a shell would: a path is checked as is, a bare name is looked up in PATH.
- * @throws {QemuNotFoundError} when nothing executable is found.
- */
-export function resolveExecutable(binary: string, env: NodeJS.ProcessEnv = process.env): string {
-  const candidates = binary.includes('/') ? [binary] : (env.PATH ?? '').split(delimiter).filter(Boolean).map((dir) => join(dir, binary));
-  for (const candidate of candidates) {
-    try {
-      accessSync(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // try the next one
-    }
-  }
-  throw new QemuNotFoundError(binary);
-}
 
 /**
  * The environment QEMU runs with, over the parent's: the C locale, glibc's malloc asked to back its heap with
@@ -68,129 +30,11 @@ export function qemuEnvironment(parent: NodeJS.ProcessEnv = process.env, preload
   return env;
 }
 
-/** The idle-trim shim's path in this package, whether or not it is built. */
-export function idleTrimShimPath(): string {
-  return join(packageRoot(), 'native', 'out', 'libevolvm-idle-malloc-trim.so');
-}
-
-let shimBuilt: boolean | undefined;
-
-/**
- * The idle-trim shim to preload into QEMU: its path when `native/build.sh` has built it (checked once per
- * process), undefined when it is missing (QEMU then trims as usual: slower, not wrong) or when
- * `EVOLVM_QEMU_MALLOC_TRIM=on` asks for QEMU's own behaviour.
- */
-export function idleTrimShim(env: NodeJS.ProcessEnv = process.env): string | undefined {
-  if (env.EVOLVM_QEMU_MALLOC_TRIM === 'on') return undefined;
-  shimBuilt ??= existsSync(idleTrimShimPath());
-  return shimBuilt ? idleTrimShimPath() : undefined;
-}
-
 /** The parent's environment with `env` over it, as a directly spawned child gets it. */
-function fullEnvironment(env: Readonly<Record<string, string>>): Record<string, string> {
+export function fullEnvironment(env: Readonly<Record<string, string>>): Record<string, string> {
   const full: Record<string, string> = {};
   for (const [name, value] of Object.entries(process.env)) if (value !== undefined) full[name] = value;
   return Object.assign(full, env);
-}
-
-/**
- * How QEMU is started:
- * - `zygote`: forked from a QEMU zygote, a QEMU process that has been loaded once and runs QEMU's main in each
- *   child it forks (native/qemu-zygote.c; default where it is built);
- * - `helper`: forked and exec'd by the shared perl spawn helper (default where perl exists);
- * - `direct`: by Node's own spawn.
- */
-export type QemuLauncher = 'zygote' | 'helper' | 'direct';
-
-/** The QEMU zygote shim's path in this package, whether or not it is built. */
-export function qemuZygoteShimPath(): string {
-  return join(packageRoot(), 'native', 'out', 'libevolvm-qemu-zygote.so');
-}
-
-let zygoteBuilt: boolean | undefined;
-
-/**
- * The QEMU zygote shim: its path when `native/build.sh` has built it (checked once per process), undefined when
- * it is missing or when `EVOLVM_QEMU_ZYGOTE=off` asks for a fresh exec of QEMU every time.
- * - Why: starting QEMU is mostly the dynamic loader and QEMU's constructors (~1,900 page faults, 236k relocations
- *   here); a fork of a process that did them once skips them: spawn to an answered QMP command 73–93 → 35–46 ms.
- * - What it costs: sibling QEMUs share the zygote's address-space layout and stack-protector canary, as the
- *   children of any fork server do (README, "Security").
- */
-export function qemuZygoteShim(env: NodeJS.ProcessEnv = process.env): string | undefined {
-  if (env.EVOLVM_QEMU_ZYGOTE === 'off') return undefined;
-  zygoteBuilt ??= existsSync(qemuZygoteShimPath());
-  return zygoteBuilt ? qemuZygoteShimPath() : undefined;
-}
-
-let helper: SpawnHelper | undefined;
-/** Set when a helper died before it started anything: this perl cannot run it (no POSIX module, say). */
-let helperUnusable = false;
-
-/** The spawn helper, started on first use and again if it died; undefined where perl is missing or cannot run it. */
-function spawnHelper(): SpawnHelper | undefined {
-  const perl = optionalTool('perl');
-  if (!perl || helperUnusable) return undefined;
-  if (!helper?.alive) helper = SpawnHelper.start(perl, pdeathsigWrapper());
-  return helper;
-}
-
-const zygotes = new Map<string, SpawnHelper>();
-/** Zygotes that died before they started anything: the shim cannot take that program over (not glibc, say). */
-const unusableZygotes = new Set<string>();
-
-/**
- * Which zygote can start `executable` with `env`: the program file as it is now (a QEMU upgraded in place gets a
- * zygote of its own, so that a child never runs another version than the file on disk reports) and what the
- * dynamic loader and glibc read from the environment at start-up (`LD_*`, `GLIBC_TUNABLES`, `MALLOC_*`), fixed in
- * a zygote once it is loaded.
- */
-function zygoteKey(executable: string, env: Readonly<Record<string, string>>): string {
-  const loaderEntries = Object.entries(env).filter(([name]) => /^(LD_|MALLOC_|GLIBC_TUNABLES$)/.test(name)).sort(([a], [b]) => (a < b ? -1 : 1));
-  return JSON.stringify([fileIdentity(executable), loaderEntries]);
-}
-
-const elfFiles = new Map<string, boolean>();
-
-/**
- * Whether `path` is an ELF file (checked once per path). A script cannot be a zygote: its interpreter is what
- * would be loaded, and a child would run the interpreter's main with QEMU's arguments.
- */
-function isElf(path: string): boolean {
-  let elf = elfFiles.get(path);
-  if (elf === undefined) {
-    let fd: number | undefined;
-    try {
-      fd = openSync(path, 'r');
-      const magic = Buffer.alloc(4);
-      elf = readSync(fd, magic, 0, 4, 0) === 4 && magic.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]));
-    } catch {
-      elf = false;
-    } finally {
-      if (fd !== undefined) closeSync(fd);
-    }
-    elfFiles.set(path, elf);
-  }
-  return elf;
-}
-
-/** The zygote for `executable` and `env`, started on first use and again if it died; undefined where none can run. */
-function zygoteFor(executable: string, env: Readonly<Record<string, string>>): SpawnHelper | undefined {
-  const shim = qemuZygoteShim();
-  if (!shim || !isElf(executable)) return undefined;
-  let key: string;
-  try {
-    key = zygoteKey(executable, env);
-  } catch {
-    return undefined; // the file went away since it was found: the next launcher reports that
-  }
-  if (unusableZygotes.has(key)) return undefined;
-  let zygote = zygotes.get(key);
-  if (!zygote?.alive) {
-    zygote = SpawnHelper.startZygote(executable, shim, env);
-    zygotes.set(key, zygote);
-  }
-  return zygote;
 }
 
 export interface QemuSpawnOptions {
@@ -266,8 +110,7 @@ export class QemuProcess {
       } catch (error) {
         if (chosen || launcher.alive || launcher.hasSpawned) throw new QemuStartError((error as Error).message, { cause: error });
         // It never worked here: the next launcher starts QEMU from now on.
-        if (via === 'zygote') unusableZygotes.add(zygoteKey(executable, full));
-        else helperUnusable = true;
+        markUnusable(via, executable, full);
       }
     }
     const [file, args] = wrapped();

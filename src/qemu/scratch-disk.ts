@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { QemuNotFoundError } from '../errors.js';
 import { cached, fileIdentity } from '../util/file-cache.js';
-import { resolveExecutable } from './qemu-process.js';
+import { resolveExecutable } from './resolve-executable.js';
 
 /** qemu-img next to a qemu-system binary given by path, else from PATH. */
 export function resolveQemuImg(qemuBinary: string): string {

@@ -1,6 +1,6 @@
 import { execaSync } from 'execa';
 import { SnapshotMismatchError } from '../errors.js';
-import { resolveExecutable } from '../qemu/qemu-process.js';
+import { resolveExecutable } from '../qemu/resolve-executable.js';
 import { cachedSync, fileIdentity } from '../util/file-cache.js';
 import type { SnapshotManifest } from './store/manifest.js';
 

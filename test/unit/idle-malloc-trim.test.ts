@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { idleTrimShimPath } from '../../src/qemu/qemu-process.js';
+import { idleTrimShimPath } from '../../src/qemu/native-shims.js';
 
 // The shim preloaded into QEMU (native/idle-malloc-trim.c), tried on a probe that frees 64 MiB of heap and calls
 // malloc_trim. Needs a C compiler, as the setup does.

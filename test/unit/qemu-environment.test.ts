@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { idleTrimShim, idleTrimShimPath, qemuEnvironment } from '../../src/qemu/qemu-process.js';
+import { idleTrimShim, idleTrimShimPath } from '../../src/qemu/native-shims.js';
+import { qemuEnvironment } from '../../src/qemu/qemu-process.js';
 
 describe('qemuEnvironment', () => {
   it('runs QEMU in the C locale with malloc on transparent huge pages', () => {
