@@ -1,7 +1,7 @@
 import { openSync, readSync, closeSync, fstatSync } from 'node:fs';
 import { execa } from 'execa';
 import { QemuNotFoundError, QemuStartError } from '../errors.js';
-import { markUnusable, pdeathsigWrapper, spawnHelper, zygoteFor, type QemuLauncher } from './launchers.js';
+import { markUnusable, pdeathsigWrapper, prepareZygote, spawnHelper, zygoteFor, type QemuLauncher } from './launchers.js';
 import { idleTrimShim } from './native-shims.js';
 import { resolveExecutable } from './resolve-executable.js';
 import type { ExitInfo } from './spawn-helper.js';
@@ -78,6 +78,17 @@ export class QemuProcess {
       this.#stderrTail ||= readTail(options.stderrLog, STDERR_TAIL_BYTES);
       return info;
     });
+  }
+
+  /**
+   * Starts the QEMU zygote for `binary` ahead of need (see {@link QemuLauncher}), so that the first QEMU does not
+   * wait for it to load (~60 ms here).
+   * @returns whether the zygote is ready (false where none can run: not built, turned off, a binary it cannot
+   * take over).
+   * @throws {QemuNotFoundError} when the binary is missing or not executable.
+   */
+  static prepare(binary: string): Promise<boolean> {
+    return prepareZygote(resolveExecutable(binary), fullEnvironment(qemuEnvironment()));
   }
 
   /**

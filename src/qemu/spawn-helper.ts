@@ -49,11 +49,19 @@ export class SpawnHelper {
   #nextId = 1;
   #dead = false;
   #spawnedOne = false;
+  #settleReady!: (ready: boolean) => void;
+  /**
+   * Resolves true once the helper takes spawns, false if it exits before: a zygote says so once QEMU is loaded
+   * (spawns sent before then wait in its input), the perl helper at once.
+   */
+  readonly ready: Promise<boolean>;
   /** Whether each child sets its own parent-death signal (prctl's number is known here), so needs no setpriv. */
   readonly setsParentDeath: boolean;
 
-  private constructor(file: string, args: readonly string[], env: Readonly<Record<string, string>>, extendEnv: boolean, setsParentDeath: boolean) {
+  private constructor(file: string, args: readonly string[], env: Readonly<Record<string, string>>, extendEnv: boolean, setsParentDeath: boolean, saysReady: boolean) {
     this.setsParentDeath = setsParentDeath;
+    this.ready = new Promise((resolve) => (this.#settleReady = resolve));
+    if (!saysReady) this.#settleReady(true);
     this.#process = execa(file, args, { ...HELPER_OPTIONS, env, extendEnv });
     const lines = createInterface({ input: this.#process.stdout });
     lines.on('line', (line) => this.#onLine(line));
@@ -66,7 +74,7 @@ export class SpawnHelper {
   static start(perl: string, wrapper: string | undefined): SpawnHelper {
     const script = ['-e', SPAWN_HELPER_SCRIPT, String(PRCTL_SYSCALL[process.arch] ?? 0)];
     const [file, args] = wrapper ? [wrapper, ['--pdeathsig', 'KILL', '--', perl, ...script]] : [perl, script];
-    return new SpawnHelper(file, args, { LC_ALL: 'C' }, true, PRCTL_SYSCALL[process.arch] !== undefined);
+    return new SpawnHelper(file, args, { LC_ALL: 'C' }, true, PRCTL_SYSCALL[process.arch] !== undefined, false);
   }
 
   /**
@@ -74,11 +82,11 @@ export class SpawnHelper {
    * the `LD_PRELOAD` in `env`, which is the environment the program is loaded with. Its children run with the
    * environment each spawn names; only what the dynamic loader and glibc read at start-up comes from `env`.
    * A program the shim cannot take over runs its own main with the argument `-evolvm-zygote` instead, which QEMU
-   * refuses at once: the helper then dies before it has spawned anything.
+   * refuses at once: the helper then dies before it is {@link ready}.
    */
   static startZygote(executable: string, zygote: string, env: Readonly<Record<string, string>>): SpawnHelper {
     const preload = [zygote, env.LD_PRELOAD].filter((entry) => entry !== undefined && entry.length > 0).join(':');
-    return new SpawnHelper(executable, ['-evolvm-zygote', ' '.repeat(ZYGOTE_ARGV_ROOM)], { ...env, LD_PRELOAD: preload, EVOLVM_ZYGOTE: '1' }, false, true);
+    return new SpawnHelper(executable, ['-evolvm-zygote', ' '.repeat(ZYGOTE_ARGV_ROOM)], { ...env, LD_PRELOAD: preload, EVOLVM_ZYGOTE: '1' }, false, true, true);
   }
 
   /** False once the helper has exited; a new one must be started then. */
@@ -116,7 +124,9 @@ export class SpawnHelper {
 
   #onLine(line: string): void {
     const [kind, a, b, c] = line.split(' ');
-    if (kind === 'spawned' || kind === 'failed') {
+    if (kind === 'ready') {
+      this.#settleReady(true);
+    } else if (kind === 'spawned' || kind === 'failed') {
       const waiter = this.#starting.get(Number(a));
       if (!waiter) return;
       this.#starting.delete(Number(a));
@@ -143,6 +153,7 @@ export class SpawnHelper {
   #onDeath(): void {
     if (this.#dead) return;
     this.#dead = true;
+    this.#settleReady(false);
     for (const waiter of this.#starting.values()) waiter.reject(new Error('the spawn helper exited'));
     this.#starting.clear();
     for (const settle of this.#live.values()) settle(HELPER_GONE);

@@ -108,6 +108,7 @@ function parentOf(pid: number): number {
 
 describe('the QEMU zygote', () => {
   it('is the default launcher, and its child runs main in place with the argv it was sent, which ps shows', async () => {
+    expect(await QemuProcess.prepare('/bin/sh')).toBe(true);
     const child = await QemuProcess.spawn('/bin/sh', ['-c', 'sleep 0.3; exit 3', 'zygote-argv-marker'], { consoleLog: '/dev/null', stderrLog: join(work, 'argv.log'), killGraceMs: 500 });
     expect(readFileSync(`/proc/${parentOf(child.pid)}/cmdline`, 'utf8')).toMatch(/^\/bin\/sh\0-evolvm-zygote\0/);
     expect(readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').replace(/\0+$/, '')).toBe(['/bin/sh', '-c', 'sleep 0.3; exit 3', 'zygote-argv-marker'].join('\0'));
@@ -118,16 +119,28 @@ describe('the QEMU zygote', () => {
     const program = join(work, 'replaced-sh');
     writeFileSync(program, readFileSync('/bin/sh'));
     chmodSync(program, 0o755);
+    expect(await QemuProcess.prepare(program)).toBe(true);
     const first = await QemuProcess.spawn(program, ['-c', 'sleep 0.3'], { consoleLog: '/dev/null', stderrLog: join(work, 'replaced.log'), killGraceMs: 500 });
     const again = await QemuProcess.spawn(program, ['-c', 'sleep 0.3'], { consoleLog: '/dev/null', stderrLog: join(work, 'replaced.log'), killGraceMs: 500 });
     expect(parentOf(again.pid)).toBe(parentOf(first.pid));
     rmSync(program);
     writeFileSync(program, readFileSync('/bin/sh'));
     chmodSync(program, 0o755);
+    expect(await QemuProcess.prepare(program)).toBe(true);
     const replaced = await QemuProcess.spawn(program, ['-c', 'sleep 0.3'], { consoleLog: '/dev/null', stderrLog: join(work, 'replaced.log'), killGraceMs: 500 });
     expect(readFileSync(`/proc/${parentOf(replaced.pid)}/cmdline`, 'utf8')).toMatch(/-evolvm-zygote/);
     expect(parentOf(replaced.pid)).not.toBe(parentOf(first.pid));
     await Promise.all([first.exited, again.exited, replaced.exited]);
+  });
+
+  it('takes a spawn sent while it is still loading, and can be started ahead of need', async () => {
+    const program = join(work, 'fresh-sh');
+    writeFileSync(program, readFileSync('/bin/sh'));
+    chmodSync(program, 0o755);
+    const first = await QemuProcess.spawn(program, ['-c', 'sleep 0.2'], { consoleLog: '/dev/null', stderrLog: join(work, 'fresh.log'), killGraceMs: 500 });
+    expect(readFileSync(`/proc/${parentOf(first.pid)}/cmdline`, 'utf8')).toMatch(/-evolvm-zygote/);
+    expect(await QemuProcess.prepare(program)).toBe(true);
+    await first.exited;
   });
 
   it('is not used for a script: its interpreter would be the zygote, so the perl helper runs it', async () => {
@@ -141,6 +154,8 @@ describe('the QEMU zygote', () => {
   });
 
   it('falls back to the perl helper for a program the shim cannot take over (static), from then on', async () => {
+    // Its zygote runs busybox's own main, which refuses the zygote's argument: it dies before it is ready.
+    expect(await QemuProcess.prepare('/bin/busybox')).toBe(false);
     for (const code of [5, 6]) {
       const child = await QemuProcess.spawn('/bin/busybox', ['sh', '-c', `sleep 0.2; exit ${code}`], { consoleLog: '/dev/null', stderrLog: join(work, 'static.log'), killGraceMs: 500 });
       expect(readFileSync(`/proc/${parentOf(child.pid)}/cmdline`, 'utf8')).toMatch(/perl\0-e\0/);
@@ -153,6 +168,7 @@ describe('the QEMU zygote', () => {
   it('is not used with EVOLVM_QEMU_ZYGOTE=off', async () => {
     process.env.EVOLVM_QEMU_ZYGOTE = 'off';
     try {
+      expect(await QemuProcess.prepare('/bin/sh')).toBe(false);
       const child = await start('helper', 'sleep 0.2');
       const viaDefault = await QemuProcess.spawn('/bin/sh', ['-c', 'sleep 0.2'], { consoleLog: '/dev/null', stderrLog: join(work, 'off.log'), killGraceMs: 500 });
       expect(readFileSync(`/proc/${parentOf(viaDefault.pid)}/cmdline`, 'utf8')).toMatch(/perl\0-e\0/);
