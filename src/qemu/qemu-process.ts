@@ -110,7 +110,7 @@ export class QemuProcess {
       if (via === 'direct') break;
       const launcher = via === 'zygote' ? zygoteFor(executable, full) : spawnHelper();
       if (!launcher) {
-        if (chosen) throw new QemuStartError(via === 'zygote' ? 'no QEMU zygote can run here (native/build.sh has not built it, or EVOLVM_QEMU_ZYGOTE=off)' : 'the spawn helper cannot run here (no perl, or one that could not run it)');
+        if (chosen) throw new QemuStartError(via === 'zygote' ? 'no QEMU zygote can run here (native/build.sh has not built it, EVOLVM_QEMU_ZYGOTE=off, or a binary it cannot take over: a script, a static one)' : 'the spawn helper cannot run here (no perl, or one that could not run it)');
         continue;
       }
       // A zygote's child runs main in place, with no exec: it sets its parent-death signal itself.
