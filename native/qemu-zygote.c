@@ -99,14 +99,23 @@ static char *unhex(char *text)
 
 static void say_failed(const char *id, const char *message)
 {
-	size_t length = strlen(message);
-	char *line = malloc(length * 2 + 64);
+	static const char digits[] = "0123456789abcdef";
+	size_t length = strlen(message), id_length = strlen(id);
+	/* "failed " + id + " " + two hex digits per byte + "\n" + NUL */
+	char *line = malloc(7 + id_length + 1 + length * 2 + 2);
 	if (!line)
 		_exit(1);
-	int at = snprintf(line, 64, "failed %s ", id);
-	for (size_t i = 0; i < length; i++)
-		at += sprintf(line + at, "%02x", (unsigned char)message[i]);
-	strcpy(line + at, "\n");
+	char *at = line;
+	memcpy(at, "failed ", 7);
+	at += 7;
+	memcpy(at, id, id_length);
+	at += id_length;
+	*at++ = ' ';
+	for (size_t i = 0; i < length; i++) {
+		*at++ = digits[(unsigned char)message[i] >> 4];
+		*at++ = digits[(unsigned char)message[i] & 15];
+	}
+	memcpy(at, "\n", 2);
 	say(line);
 	free(line);
 }
@@ -188,11 +197,19 @@ static void run_child(pid_t zygote, int err_w, const char *stderr_path, char **e
 	exit(qemu_main(argc, argv, environ));
 }
 
+/* A request id as Node sends it: 1 to 20 decimal digits (the replies quote it, in fixed-size lines). */
+static bool valid_id(const char *id)
+{
+	size_t length = strspn(id, "0123456789");
+	return length > 0 && length <= 20 && id[length] == '\0';
+}
+
 static void spawn_child(char **fields, int count)
 {
+	if (count < 1 || !valid_id(fields[0]))
+		return; /* no id to answer to */
 	if (count < 4) {
-		if (count >= 1)
-			say_failed(fields[0], "malformed spawn request");
+		say_failed(fields[0], "malformed spawn request");
 		return;
 	}
 	const char *id = fields[0];
