@@ -67,7 +67,8 @@ export class SpawnHelper {
     lines.on('line', (line) => this.#onLine(line));
     void this.#process.then(() => this.#onDeath());
     this.#process.stdin.on('error', () => this.#onDeath());
-    this.#setRef(false);
+    // A zygote keeps Node running until it is ready, so that awaiting `ready` alone cannot end the program.
+    this.#setRef(saysReady);
   }
 
   /** Starts a perl helper with `perl`, under `wrapper` (setpriv, for the parent-death signal) when given. */
@@ -126,6 +127,7 @@ export class SpawnHelper {
     const [kind, a, b, c] = line.split(' ');
     if (kind === 'ready') {
       this.#settleReady(true);
+      this.#unrefWhenIdle();
     } else if (kind === 'spawned' || kind === 'failed') {
       const waiter = this.#starting.get(Number(a));
       if (!waiter) return;

@@ -194,25 +194,33 @@ describe('the spawn helper', () => {
   });
 });
 
-describe.each<QemuLauncher>(['zygote', 'helper'])('a Node process whose children the %s launcher started', (launcher) => {
+/** Runs spawn-owner-child.ts in a Node process of its own. */
+function runOwner(mode: string, launcher: QemuLauncher): Promise<{ code: number | null; output: string; ms: number }> {
   const childScript = fileURLToPath(new URL('./spawn-owner-child.ts', import.meta.url));
-  function runOwner(mode: string): Promise<{ code: number | null; output: string; ms: number }> {
-    const begun = Date.now();
-    const owner = spawn(process.execPath, ['--import', 'tsx', childScript, mode, join(work, `owner-${launcher}-${mode}.log`), launcher], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    owner.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    owner.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    return new Promise((resolve) => owner.on('exit', (code) => resolve({ code, output, ms: Date.now() - begun })));
-  }
+  const begun = Date.now();
+  const owner = spawn(process.execPath, ['--import', 'tsx', childScript, mode, join(work, `owner-${launcher}-${mode}.log`), launcher], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  owner.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  owner.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  return new Promise((resolve) => owner.on('exit', (code) => resolve({ code, output, ms: Date.now() - begun })));
+}
+
+it('keeps a Node process that awaits only the zygote alive until it is ready, and not after', async () => {
+  const result = await runOwner('prepare', 'zygote');
+  expect(result.output).toContain('prepared true');
+  expect(result.code).toBe(0);
+});
+
+describe.each<QemuLauncher>(['zygote', 'helper'])('a Node process whose children the %s launcher started', (launcher) => {
 
   it('does not keep its Node process alive once its children have exited', async () => {
-    const result = await runOwner('idle');
+    const result = await runOwner('idle', launcher);
     expect(result.output).toContain('done');
     expect(result.code).toBe(0);
   });
 
   it('takes its children down when its Node process exits', async () => {
-    const result = await runOwner('exit');
+    const result = await runOwner('exit', launcher);
     const pid = Number(/pid (\d+)/.exec(result.output)?.[1]);
     expect(pid).toBeGreaterThan(0);
     const deadline = Date.now() + 5000;

@@ -3,7 +3,10 @@ import { QemuProcess, type QemuLauncher } from '../../src/qemu/qemu-process.js';
 
 const [mode, stderrLog, launcherArg] = process.argv.slice(2);
 const launcher = (launcherArg ?? 'helper') as QemuLauncher;
-if (mode === 'idle') {
+if (mode === 'prepare') {
+  // Awaiting the zygote alone must not let the process end before it is ready, and must not hold it after.
+  console.log(`prepared ${String(await QemuProcess.prepare('/bin/sh'))}`);
+} else if (mode === 'idle') {
   // A child that has exited must not keep this process alive through the helper.
   const child = await QemuProcess.spawn('/bin/sh', ['-c', 'exit 0'], { consoleLog: '/dev/null', stderrLog: stderrLog!, killGraceMs: 500, launcher });
   await child.exited;
