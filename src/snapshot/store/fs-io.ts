@@ -125,12 +125,12 @@ export async function fsyncDir(path: string): Promise<void> {
 }
 
 /** Creates `path` (refusing an existing one), writes `bytes`, sets `mode`, fsyncs. */
-export async function writeNewFile(path: string, bytes: Uint8Array, mode = 0o644): Promise<void> {
+export async function writeNewFile(path: string, bytes: Uint8Array, mode = 0o644, durable = true): Promise<void> {
   const handle = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
   try {
     await handle.writeFile(bytes);
     await handle.chmod(mode);
-    await handle.sync();
+    if (durable) await handle.sync();
   } finally {
     await handle.close();
   }
@@ -139,17 +139,19 @@ export async function writeNewFile(path: string, bytes: Uint8Array, mode = 0o644
 /**
  * Publishes a small file with complete contents in one step: written to a temporary name in `tempDir` (same
  * file system), fsynced, then `link`ed to `path` when `exclusive` (fails with EEXIST, never replaces) or
- * `rename`d. The parent of `path` is fsynced after.
+ * `rename`d. The parent of `path` is fsynced after, unless `durable` is false: for records that only live
+ * processes read (a crash of the host ends every process they speak of), whose fsyncs cost milliseconds.
  * @returns false when `exclusive` and `path` exists.
  */
 export async function publishFile(
   tempDir: string,
   path: string,
   bytes: Uint8Array,
-  options: { exclusive: boolean; parent: string },
+  options: { exclusive: boolean; parent: string; durable?: boolean },
 ): Promise<boolean> {
+  const durable = options.durable ?? true;
   const temp = join(tempDir, `.tmp-${randomToken()}`);
-  await writeNewFile(temp, bytes);
+  await writeNewFile(temp, bytes, 0o644, durable);
   try {
     if (options.exclusive) {
       try {
@@ -164,7 +166,7 @@ export async function publishFile(
   } finally {
     await unlink(temp).catch(() => {});
   }
-  await fsyncDir(options.parent);
+  if (durable) await fsyncDir(options.parent);
   return true;
 }
 
