@@ -255,7 +255,8 @@ export class Sandbox {
       throw new OperationNotAllowedError(`${transition.name} (a transition from ${transition.from.stageName})`, source.stageClass.stageName);
     }
     return this.#exclusive(`evolve(${transition.name})`, async () => {
-      await this.#ensureSnapshot(source, options.signal);
+      // The snapshot this save replaces is deleted while the transition runs (~10 ms of QEMU's and tmpfs work).
+      const { replaced } = await this.#ensureSnapshot(source, options.signal);
       const timeoutMs = options.timeoutMs ?? transition.timeoutMs ?? this.machine.config.agentTimeoutMs;
       let data: unknown;
       try {
@@ -267,8 +268,11 @@ export class Sandbox {
           (signal) => transition.run({ guest: this.#transitionGuest(signal), source: stage, signal }),
         );
       } catch (error) {
+        // The rollback's load must not run beside the delete job.
+        await replaced;
         throw await this.#rollback(source, transition.name, error);
       }
+      await replaced;
       const node = this.#newNode(transition.to, source, data, { name: transition.name, args: transition.args });
       return this.#enter(node) as To;
     });
@@ -649,16 +653,22 @@ export class Sandbox {
     }
   }
 
-  /** Saves the node's state unless its snapshot already holds it (a stage just restored and unchanged). */
-  async #ensureSnapshot(node: LineageNode, signal: AbortSignal | undefined): Promise<void> {
-    if (node.tag && !node.dirty) return;
+  /**
+   * Saves the node's state unless its snapshot already holds it (a stage just restored and unchanged).
+   * @returns `replaced`: the deletion of the snapshot the save replaced, under way. It never rejects, and is not
+   * under the caller's signal (QMP's timeout bounds it): a snapshot that could not be deleted (QEMU gone, which
+   * poisons the sandbox anyway) only holds its scratch space and RAM image until the machine stops.
+   */
+  async #ensureSnapshot(node: LineageNode, signal: AbortSignal | undefined): Promise<{ replaced: Promise<void> }> {
+    const none = { replaced: Promise.resolve() };
+    if (node.tag && !node.dirty) return none;
     const tag = `evolvm-${this.id.slice(0, 8)}-n${node.id}-g${++this.#tagGeneration}`;
     await this.snapshots.save(tag, { signal });
     const previous = node.tag;
     node.tag = tag;
     node.dirty = false;
     this.#tagged.add(node);
-    if (previous) await this.snapshots.delete(previous, { signal });
+    return previous ? { replaced: this.snapshots.delete(previous).catch(() => {}) } : none;
   }
 
   /** Restores the source's snapshot after a failed transition; returns the error to throw. */

@@ -295,6 +295,29 @@ describe('atomic evolve', () => {
     root = await runtime.devolve();
   });
 
+  it('rolls back a failing transition from a changed stage, whose replaced snapshot is deleted beside it', async () => {
+    // Root has a snapshot from earlier evolves; the write makes the evolve save a new one and delete the old one
+    // while the transition runs. The rollback must load the new one, after that delete.
+    await root.evolve(loadRuntime({ kind: 'shell' })).then((runtime) => runtime.devolve()).then((back) => (root = back));
+    await root.writeFile('/tmp/before-failing', 'kept');
+    const failing = defineTransition({
+      name: 'failingAfterSave',
+      from: KernelBooted,
+      to: RuntimeLoaded,
+      run: async ({ guest }) => {
+        await guest.writeFile('/tmp/half-loaded', 'partial');
+        throw new GuestOperationError('failingAfterSave', 'EXIT', 'refused');
+      },
+    });
+    await expect(root.evolve(failing)).rejects.toMatchObject({ transition: 'failingAfterSave', rolledBack: true });
+    expect((await root.readFile('/tmp/before-failing')).toString()).toBe('kept');
+    expect(await exists(root, '/tmp/half-loaded')).toBe(false);
+    expect(snapshotsInScratch(root)).toHaveLength(1);
+    expect(sandboxOf(root).snapshots.tags.size).toBe(1);
+    const ramFile = basename(sandboxOf(root).machine.paths.ramFile);
+    expect(readdirSync('/dev/shm').filter((name) => name.startsWith(`${ramFile}.snap-`))).toHaveLength(1);
+  });
+
   it('rolls back a transition that hangs past its bound', async () => {
     const hanging = defineTransition({
       name: 'hangingLoad',
