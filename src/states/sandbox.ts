@@ -161,6 +161,8 @@ export class Sandbox {
   #busy: string | undefined;
   // The guest's resync after a devolve, while it runs (see #awaitResync); never rejects.
   #resyncing: Promise<void> | undefined;
+  // The deletion of snapshots a devolve left unreachable, while it runs (see #deleteUnreachableTags); never rejects.
+  #deleting: Promise<void> | undefined;
   #nodeIds = 0;
   #tagGeneration = 0;
   readonly #tagged = new Set<LineageNode>();
@@ -299,7 +301,7 @@ export class Sandbox {
       to.dirty = false;
       const entered = this.#enter(to);
       this.#awaitResync(loaded.resynced, `devolve to ${to.stageClass.stageName}`);
-      await this.#deleteUnreachableTags(options.signal);
+      this.#deleteUnreachableTags();
       return entered;
     });
   }
@@ -615,6 +617,17 @@ export class Sandbox {
   }
 
   /**
+   * Resolves once the work a devolve leaves running is done: the guest's resync and the deletion of snapshots
+   * no stage can return to. The sandbox's next operation waits for both anyway; this is for callers that look
+   * at the machine from outside (its scratch disk, the RAM images on tmpfs). Never rejects: a failed resync
+   * poisons the sandbox, which its next operation reports.
+   */
+  async settled(): Promise<void> {
+    await this.#resyncing;
+    await this.#deleting;
+  }
+
+  /**
    * Lets a devolve return while the restored guest still resyncs (fresh hello, clock, RNG: tens of ms under
    * TCG). Every later operation of this sandbox waits for it first; if it fails, the sandbox is poisoned and
    * QEMU stopped, since nothing of the guest can be trusted then.
@@ -640,6 +653,8 @@ export class Sandbox {
         await this.#resyncing;
         this.#assertReady(this.#current, operation);
       }
+      // Its snapshot jobs must not run beside the deletes a devolve left running.
+      await this.#deleting;
       return await work();
     } catch (error) {
       await this.#attributeToExit(error);
@@ -687,16 +702,33 @@ export class Sandbox {
     }
   }
 
-  /** Deletes the snapshots of nodes that neither the current stage nor its ancestors are. */
-  async #deleteUnreachableTags(signal: AbortSignal | undefined): Promise<void> {
+  /**
+   * Starts deleting the snapshots of nodes that neither the current stage nor its ancestors are (~10 ms each):
+   * the devolve returns meanwhile, the deletes run beside the guest's resync, and the sandbox's next operation
+   * waits for them. One that fails keeps its tag and is tried again after the next devolve (QEMU gone poisons
+   * the sandbox anyway); the machine's stop removes whatever is left.
+   */
+  #deleteUnreachableTags(): void {
     const live = new Set<LineageNode>();
     for (let node: LineageNode | undefined = this.#currentNode; node; node = node.parent) live.add(node);
-    for (const node of [...this.#tagged]) {
-      if (live.has(node) || !node.tag) continue;
-      await this.snapshots.delete(node.tag, { signal });
-      node.tag = undefined;
-      this.#tagged.delete(node);
-    }
+    const unreachable = [...this.#tagged].filter((node) => !live.has(node) && node.tag);
+    if (unreachable.length === 0) return;
+    const deleting: Promise<void> = (async () => {
+      await this.#deleting;
+      for (const node of unreachable) {
+        if (!node.tag) continue;
+        try {
+          await this.snapshots.delete(node.tag!);
+          node.tag = undefined;
+          this.#tagged.delete(node);
+        } catch {
+          return;
+        }
+      }
+    })().finally(() => {
+      if (this.#deleting === deleting) this.#deleting = undefined;
+    });
+    this.#deleting = deleting;
   }
 
   #transitionGuest(signal: AbortSignal): GuestAccess {

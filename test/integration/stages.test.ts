@@ -186,7 +186,10 @@ describe('moving through the lineage', () => {
     root = await code.devolveTo(KernelBooted);
     expect(root).toBeInstanceOf(KernelBooted);
     expect(await exists(root, '/run/evolvm/runtime')).toBe(false);
+    // RuntimeLoaded's snapshot is deleted behind the devolve; settled() waits for that.
+    await sandboxOf(root).settled();
     expect(snapshotsInScratch(root)).toHaveLength(1);
+    expect(sandboxOf(root).snapshots.tags.size).toBe(1);
   });
 
   it('evolves a different branch after a devolve (hot swap)', async () => {
@@ -214,6 +217,7 @@ describe('moving through the lineage', () => {
       expect((await root.readFile('/tmp/cycle')).toString()).toBe(String(cycle));
       if (cycle === 0) afterFirst = allocated();
     }
+    await sandboxOf(root).settled();
     expect(snapshotsInScratch(root)).toHaveLength(1);
     expect(sandboxOf(root).snapshots.tags.size).toBe(1);
     // Each snapshot's RAM is a sparse image beside the RAM file; deleted snapshots take theirs along.
