@@ -124,6 +124,17 @@ describe('QEMU dying under a stage operation', () => {
     await closeAndExpectNothingLeft(back);
   });
 
+  it('a close right after a devolve that deletes snapshots behind it: no error, nothing leaks', async () => {
+    const { booted, runtime } = await bootToRuntime();
+    const code = await runtime.evolve(loadCode('f() { :; }'));
+    // RuntimeLoaded has a snapshot (code was evolved from it); the jump back leaves it to be deleted.
+    const back = await code.devolveTo(KernelBooted);
+    await back.close();
+    for (const stage of [booted, runtime, code, back]) expect(stage.status).toBe('poisoned');
+    expect(qemuProcessesUnder(runDir)).toEqual([]);
+    expect(ramImagesOf(back)).toEqual([]);
+  });
+
   it('a close right after a devolve, while the guest resyncs: no error, every stage object closed, nothing leaks', async () => {
     const { booted, runtime } = await bootToRuntime();
     const back = await runtime.devolve();
