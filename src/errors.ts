@@ -276,7 +276,7 @@ export class SnapshotMismatchError extends EvolvmError {
   readonly code = 'SNAPSHOT_MISMATCH' as const;
   constructor(
     readonly snapshot: string,
-    readonly what: 'stage' | 'qemu' | 'machine' | 'guest',
+    readonly what: 'stage' | 'qemu' | 'machine' | 'guest' | 'maps',
     readonly expected: string,
     readonly actual: string,
     options?: { cause?: unknown },

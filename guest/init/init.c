@@ -3,7 +3,8 @@
  * listed in /lib/modules/load-order and deletes /lib/modules (rootfs is guest RAM),
  * reads the evolvm.* kernel parameters, then
  * mounts the runtimes image (the read-only virtio-blk disk whose serial is evolvm-maps,
- * a squashfs) on /opt/evolvm/runtimes, then starts the agent and stays PID 1 to reap
+ * a squashfs) on /opt/evolvm/runtimes and each user map (a read-only squashfs disk whose serial is
+ * emap-NAME) on /maps/NAME, then starts the agent and stays PID 1 to reap
  * orphans and restart the agent if it dies.
  * Kernel parameters: evolvm.agent=0 (do not start the agent), evolvm.port=NAME.
  */
@@ -33,6 +34,9 @@
  * so it is normally there at the first look), and how often to look meanwhile. */
 #define MAPS_WAIT_MS 200
 #define MAPS_POLL_MS 5
+/* A user map's disk serial is USER_MAP_PREFIX + its name (virtio-blk serials hold 20 bytes). */
+#define USER_MAP_PREFIX "emap-"
+#define USER_MAPS_DIR "/maps"
 
 static void say(const char *fmt, ...)
 {
@@ -171,6 +175,66 @@ static int find_maps_disk(char *name, size_t size)
 	return found;
 }
 
+/* devtmpfs makes a disk's node before the disk appears in sysfs; makes one if it somehow did not. */
+static void ensure_dev_node(const char *name, const char *dev)
+{
+	if (access(dev, F_OK) == 0)
+		return;
+	char path[300], majmin[32];
+	unsigned maj, min;
+	snprintf(path, sizeof path, "/sys/block/%s/dev", name);
+	if (read_small(path, majmin, sizeof majmin) < 0 || sscanf(majmin, "%u:%u", &maj, &min) != 2 ||
+	    mknod(dev, S_IFBLK | 0400, makedev(maj, min)) < 0)
+		say("maps: no %s and cannot make it: %m", dev);
+}
+
+/* A user map's name: 1-15 of [a-z0-9_-], starting with a letter or digit (the host checks the same). */
+static int valid_map_name(const char *name)
+{
+	size_t n = strlen(name);
+	if (n == 0 || n > 15 || name[0] == '-' || name[0] == '_')
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		char c = name[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_'))
+			return 0;
+	}
+	return 1;
+}
+
+/*
+ * Mounts each user map (a read-only virtio-blk disk whose serial is emap-NAME, a squashfs) on /maps/NAME.
+ * Called after mount_maps: virtio-blk probes every disk when its module loads, so all of them are there.
+ */
+static void mount_user_maps(void)
+{
+	DIR *d = opendir("/sys/block");
+	if (!d)
+		return;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (strncmp(e->d_name, "vd", 2) != 0)
+			continue;
+		char path[300], serial[64], dir[300], dev[300];
+		snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
+		if (read_small(path, serial, sizeof serial) < 0 || strncmp(serial, USER_MAP_PREFIX, strlen(USER_MAP_PREFIX)) != 0)
+			continue;
+		const char *name = serial + strlen(USER_MAP_PREFIX);
+		if (!valid_map_name(name)) {
+			say("maps: disk %s has serial %s, not a valid map name; not mounted", e->d_name, serial);
+			continue;
+		}
+		snprintf(dev, sizeof dev, "/dev/%s", e->d_name);
+		ensure_dev_node(e->d_name, dev);
+		snprintf(dir, sizeof dir, USER_MAPS_DIR "/%s", name);
+		mkdir(USER_MAPS_DIR, 0755);
+		mkdir(dir, 0755);
+		if (mount(dev, dir, "squashfs", MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
+			say("maps: mount %s (serial %s) on %s: %m", dev, serial, dir);
+	}
+	closedir(d);
+}
+
 /* Mounts the runtimes image on MAPS_MOUNT; without it, logs and goes on (rt_start then fails with ENOENT). */
 static void mount_maps(void)
 {
@@ -187,15 +251,7 @@ static void mount_maps(void)
 		return;
 	}
 	snprintf(dev, sizeof dev, "/dev/%s", name);
-	/* devtmpfs makes the node before the disk appears in sysfs; make one if it somehow did not */
-	if (access(dev, F_OK) < 0) {
-		char path[300], majmin[32];
-		unsigned maj, min;
-		snprintf(path, sizeof path, "/sys/block/%s/dev", name);
-		if (read_small(path, majmin, sizeof majmin) < 0 || sscanf(majmin, "%u:%u", &maj, &min) != 2 ||
-		    mknod(dev, S_IFBLK | 0400, makedev(maj, min)) < 0)
-			say("runtimes: no %s and cannot make it: %m", dev);
-	}
+	ensure_dev_node(name, dev);
 	mkdir("/opt", 0755);
 	mkdir("/opt/evolvm", 0755);
 	mkdir(MAPS_MOUNT, 0755);
@@ -264,6 +320,7 @@ int main(void)
 	load_modules();
 	remove_modules();
 	mount_maps();
+	mount_user_maps();
 	read_cmdline(&p);
 
 	pid_t agent = p.agent ? start_agent(&p) : -1;

@@ -1,6 +1,7 @@
 import type { MachineConfig } from './config.js';
 import type { RunPaths } from './run-paths.js';
 import { RUNTIME_PORT_ID, RUNTIME_PORT_NAME } from './agent/runtime-channel.js';
+import { USER_MAP_SERIAL_PREFIX, type UserMap } from './user-maps.js';
 
 /** The virtio-serial port name the guest agent looks for (guest/PROTOCOL.md). */
 export const AGENT_PORT_NAME = 'org.evolvm.agent';
@@ -74,6 +75,8 @@ export interface QemuLaunch {
   readonly initrd: string;
   /** A read-only squashfs the guest mounts by its serial (the runtimes). */
   readonly maps?: string;
+  /** The user's read-only maps, in order (see resolveUserMaps); the guest mounts each at /maps/NAME. */
+  readonly userMaps?: readonly UserMap[];
   readonly accelerators: ReadonlyArray<'kvm' | 'tcg'>;
   readonly paths: RunPaths;
   /** Restore: start waiting for `migrate-incoming` (the device state) instead of booting; run once it is in. */
@@ -85,6 +88,11 @@ export interface QemuLaunch {
    * copy-on-write over a snapshot's RAM image, which is never written). Default: `paths.ramFile`, shared.
    */
   readonly ram?: { readonly path: string; readonly share: boolean; readonly prealloc?: boolean };
+}
+
+/** A value inside a QEMU option list, where a comma separates options unless doubled. */
+function qemuOptionValue(value: string): string {
+  return value.replaceAll(',', ',,');
 }
 
 /** Builds the qemu-system argv for one machine. Pure: no I/O, same input → same output. */
@@ -127,6 +135,13 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
     // Read-only, so it stays out of snapshots: the guest finds it by serial, not by device order.
     argv.push('-drive', `if=none,id=maps,file=${launch.maps},format=raw,readonly=on`, '-device', `virtio-blk-${bus},drive=maps,serial=${MAPS_SERIAL}`);
   }
+  // After every other device, so that a machine without maps keeps its devices where they were.
+  (launch.userMaps ?? []).forEach((map, index) => {
+    argv.push(
+      '-drive', `if=none,id=umap${index},file=${qemuOptionValue(map.path)},format=raw,readonly=on`,
+      '-device', `virtio-blk-${bus},drive=umap${index},serial=${USER_MAP_SERIAL_PREFIX}${map.name}`,
+    );
+  });
   // Deferred: QEMU 7.2 has no command-line switch for x-ignore-shared, which must be set before the load.
   if (launch.incoming) argv.push('-incoming', 'defer');
   return argv;

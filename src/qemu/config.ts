@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { ConfigInvalidError } from '../errors.js';
+import { MAP_NAME_PATTERN, MAX_MAPS } from './user-maps.js';
 
 /** The smallest guest RAM the Debian cloud kernel boots in (it needs ~72 MiB; QEMU-NOTES pitfall 1). */
 export const MIN_MEMORY_MIB = 96;
@@ -44,6 +45,14 @@ export const MachineConfigSchema = z.strictObject({
   dataDiskMiB: z.number().int().min(16).max(1024 * 1024).default(1024),
   /** Delay between SIGTERM and SIGKILL when the QEMU process is stopped. */
   killGraceMs: z.number().int().min(0).max(60_000).default(2_000),
+  /**
+   * Read-only images the guest mounts at `/maps/NAME` (name → host path of a squashfs), at most 8. They are not
+   * in snapshots: a persisted snapshot records each one's name, size and sha256, and a restore needs the same.
+   */
+  maps: z
+    .record(z.string().regex(MAP_NAME_PATTERN, 'a map name is 1-15 of a-z, 0-9, - and _, starting with a letter or digit'), z.string().min(1))
+    .refine((maps) => Object.keys(maps).length <= MAX_MAPS, `at most ${MAX_MAPS} maps`)
+    .default({}),
 });
 
 /**

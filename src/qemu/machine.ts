@@ -30,6 +30,7 @@ import { streamFileToSocket } from './migration-stream.js';
 import { saveRamImage } from './ram-image.js';
 import { reapOrphanRunDirs, RUN_DIR_PREFIX, writeRunDirRecord } from './run-dir-reaper.js';
 import { runPaths, type RunPaths } from './run-paths.js';
+import { resolveUserMaps, type UserMap } from './user-maps.js';
 
 /** How long the agent channel waits for the process exit that probably caused its close. */
 const EXIT_ATTRIBUTION_MS = 1_500;
@@ -43,6 +44,7 @@ interface MachineParts {
   readonly id: string;
   readonly config: MachineConfig;
   readonly image: GuestImage;
+  readonly userMaps: readonly UserMap[];
   readonly paths: RunPaths;
   readonly ramShared: boolean;
   readonly process: QemuProcess;
@@ -66,6 +68,8 @@ export class Machine implements AsyncDisposable {
   readonly id: string;
   readonly config: MachineConfig;
   readonly image: GuestImage;
+  /** The user's read-only maps the guest mounts at /maps/NAME, by name. */
+  readonly userMaps: readonly UserMap[];
   readonly paths: RunPaths;
   /** Whether guest RAM is the shared file `paths.ramFile` (a booted machine), rather than a private mapping of a snapshot's image. */
   readonly ramShared: boolean;
@@ -85,6 +89,7 @@ export class Machine implements AsyncDisposable {
     this.id = parts.id;
     this.config = parts.config;
     this.image = parts.image;
+    this.userMaps = parts.userMaps;
     this.paths = parts.paths;
     this.ramShared = parts.ramShared;
     this.qmp = parts.qmp;
@@ -115,10 +120,11 @@ export class Machine implements AsyncDisposable {
   static async boot(input: MachineConfigInput = {}, options: BootOptions = {}): Promise<Machine> {
     const config = parseMachineConfig(input);
     const image = resolveGuestImage(config.kernel, config.initrd);
+    const userMaps = resolveUserMaps(config.maps);
     const cleanup = new CleanupStack();
     try {
       const paths = await prepareRunDir(config, cleanup);
-      const process = await spawnQemu(config, image, paths, cleanup, {});
+      const process = await spawnQemu(config, image, userMaps, paths, cleanup, {});
       await writeRunDirRecord(paths.dir, process.pid);
       const lifecycle = new Lifecycle();
       const started = await step('qemu → qmp + agent hello', () =>
@@ -129,7 +135,7 @@ export class Machine implements AsyncDisposable {
         throw new AgentTimeoutError(error.operation, error.timeoutMs, { cause: error.cause, consoleTail: process.diagnosticTail() });
       });
       lifecycle.send({ type: 'BOOTED' });
-      return new Machine({ id: randomUUID(), config, image, paths, ramShared: true, process, lifecycle, cleanup, ...started });
+      return new Machine({ id: randomUUID(), config, image, userMaps, paths, ramShared: true, process, lifecycle, cleanup, ...started });
     } catch (error) {
       await cleanup.dispose();
       throw error;
@@ -159,6 +165,7 @@ export class Machine implements AsyncDisposable {
   static async prepareRestore(input: MachineConfigInput, source: RestoreSource, options: BootOptions = {}): Promise<PreparedRestore> {
     const config = parseMachineConfig(input);
     const image = resolveGuestImage(config.kernel, config.initrd);
+    const userMaps = resolveUserMaps(config.maps);
     const cleanup = new CleanupStack();
     try {
       const paths = await prepareRunDir(config, cleanup, source.diskLayer);
@@ -168,13 +175,13 @@ export class Machine implements AsyncDisposable {
         await step('RAM image → RAM file', () => saveRamImage(source.ramImage, paths.ramFile, config.memoryMiB * 1024 * 1024));
       }
       const ram = copy ? { path: paths.ramFile, share: true } : { path: source.ramImage, share: false };
-      const process = await spawnQemu(config, image, paths, cleanup, { incoming: true, ram });
+      const process = await spawnQemu(config, image, userMaps, paths, cleanup, { incoming: true, ram });
       await writeRunDirRecord(paths.dir, process.pid);
       const qmp = await step('qemu → qmp', () =>
         raceExit(process, 'restore', QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal: options.signal })),
       );
       cleanup.defer('qmp', () => qmp.close());
-      return new PreparedRestore({ config, image, paths, ramShared: copy, process, cleanup, qmp }, source, (parts) => new Machine(parts));
+      return new PreparedRestore({ config, image, userMaps, paths, ramShared: copy, process, cleanup, qmp }, source, (parts) => new Machine(parts));
     } catch (error) {
       await cleanup.dispose();
       throw error;
@@ -403,6 +410,7 @@ async function createRunDir(config: MachineConfig, cleanup: CleanupStack): Promi
 async function spawnQemu(
   config: MachineConfig,
   image: GuestImage,
+  userMaps: readonly UserMap[],
   paths: RunPaths,
   cleanup: CleanupStack,
   restore: Pick<QemuLaunch, 'incoming' | 'ram'>,
@@ -412,6 +420,7 @@ async function spawnQemu(
     kernel: image.kernel,
     initrd: image.initrd,
     maps: image.maps,
+    userMaps,
     accelerators: resolveAccelerators(config.accel, kvmUsable()),
     paths,
     hostTscKhz: hostTscKhz(),

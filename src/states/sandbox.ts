@@ -24,6 +24,7 @@ import { z } from 'zod';
 import type { RequestOptions } from '../qemu/agent/agent-session.js';
 import { parseRestoreConfig, type RestoreConfigInput } from '../qemu/config.js';
 import { resolveGuestImage } from '../qemu/guest-image.js';
+import { resolveUserMaps, userMapsFingerprint } from '../qemu/user-maps.js';
 import { assertCompatible, qemuVersion } from '../snapshot/compatibility.js';
 import { persistMachineState } from '../snapshot/persist-machine.js';
 import type { SnapshotManifest, SnapshotManifestDraft } from '../snapshot/store/manifest.js';
@@ -325,6 +326,8 @@ export class Sandbox {
     return this.#exclusive('persist', async () => {
       const { machine } = this;
       const parent = nearestPersisted(node.parent, store);
+      // Before the guest pauses: hashing a map it has not seen yet reads the whole file.
+      const maps = await userMapsFingerprint(machine.userMaps);
       machine.lifecycle.send({ type: 'SAVE' });
       try {
         await machine.whenIdle(machine.config.agentTimeoutMs);
@@ -335,7 +338,7 @@ export class Sandbox {
               parentDisk: parent ? `../${parent.id}/disk` : undefined,
               signal: options.signal,
             });
-            return this.#manifestDraft(node, parent?.id ?? null);
+            return this.#manifestDraft(node, parent?.id ?? null, maps);
           },
           options,
         );
@@ -402,6 +405,8 @@ export class Sandbox {
           machine: machineConfig.machine,
           imageHash: resolveGuestImage(config.kernel, config.initrd).hash,
         });
+        const maps = await userMapsFingerprint(resolveUserMaps(config.maps));
+        if (maps !== extra.maps) throw new SnapshotMismatchError(ref, 'maps', extra.maps || '(none)', maps || '(none)');
       } catch (error) {
         if (options.fallback !== 'cold-boot' || !(error instanceof SnapshotMismatchError)) throw error;
         throw new FallbackNeeded(error, manifest, { ...config, memoryMiB: manifest.memoryMiB, cpus: extra.cpus });
@@ -551,7 +556,7 @@ export class Sandbox {
     }
   }
 
-  #manifestDraft(node: LineageNode, parentId: string | null): SnapshotManifestDraft {
+  #manifestDraft(node: LineageNode, parentId: string | null, maps: string): SnapshotManifestDraft {
     const nodes: LineageNode[] = [];
     for (let n: LineageNode | undefined = node; n; n = n.parent) nodes.unshift(n);
     const { config } = this.machine;
@@ -559,6 +564,7 @@ export class Sandbox {
       cpus: config.cpus,
       deviceStateOffset: config.memoryMiB * 1024 * 1024,
       lineageData: nodes.map((n) => (n.data === undefined ? null : n.data)),
+      maps,
     };
     return {
       stage: {
@@ -771,6 +777,8 @@ const PersistedExtraSchema = z.object({
   deviceStateOffset: z.number().int().positive(),
   /** Each lineage node's data, root first. */
   lineageData: z.array(z.unknown()),
+  /** The read-only maps the guest had (see userMapsFingerprint); absent in snapshots made before maps existed. */
+  maps: z.string().max(8192).default(''),
 });
 type PersistedExtra = z.infer<typeof PersistedExtraSchema>;
 

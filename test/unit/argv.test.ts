@@ -6,7 +6,10 @@ import { runPaths } from '../../src/qemu/run-paths.js';
 
 const paths = runPaths('/run/evolvm-x');
 
-function argvFor(config: Record<string, unknown>, extra: { incoming?: boolean; accelerators?: Array<'kvm' | 'tcg'> } = {}): string[] {
+function argvFor(
+  config: Record<string, unknown>,
+  extra: { incoming?: boolean; accelerators?: Array<'kvm' | 'tcg'>; userMaps?: Array<{ name: string; path: string }> } = {},
+): string[] {
   return buildQemuArgv({
     config: parseMachineConfig(config),
     kernel: '/g/vmlinux',
@@ -14,6 +17,7 @@ function argvFor(config: Record<string, unknown>, extra: { incoming?: boolean; a
     accelerators: extra.accelerators ?? ['tcg'],
     paths,
     incoming: extra.incoming,
+    userMaps: extra.userMaps,
   });
 }
 
@@ -35,6 +39,18 @@ describe('buildQemuArgv', () => {
     expect(valueAfter(argv, '-initrd')).toEqual(['/g/initramfs.cpio']);
     expect(argv).toContain('-nodefaults');
     expect(argv).toContain('-no-reboot');
+  });
+
+  it("adds each user map as a read-only disk with serial emap-NAME, after every other device, commas in paths escaped", () => {
+    const without = argvFor({});
+    const argv = argvFor({}, { userMaps: [{ name: 'data', path: '/m/data.sqfs' }, { name: 'tools', path: '/m/a,b.sqfs' }] });
+    expect(argv.slice(0, without.length)).toEqual(without);
+    expect(argv.slice(without.length)).toEqual([
+      '-drive', 'if=none,id=umap0,file=/m/data.sqfs,format=raw,readonly=on',
+      '-device', 'virtio-blk-pci,drive=umap0,serial=emap-data',
+      '-drive', 'if=none,id=umap1,file=/m/a,,b.sqfs,format=raw,readonly=on',
+      '-device', 'virtio-blk-pci,drive=umap1,serial=emap-tools',
+    ]);
   });
 
   it('wires QMP, the console and the agent port to the run directory', () => {

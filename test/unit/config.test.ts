@@ -35,6 +35,7 @@ describe('parseMachineConfig', () => {
     ['qmpTimeoutMs', { qmpTimeoutMs: 'soon' }, 'soon'],
     ['scratchDiskMiB', { scratchDiskMiB: 1 }, 1],
     ['killGraceMs', { killGraceMs: 10 ** 9 }, 10 ** 9],
+    ['maps.data', { maps: { data: '' } }, ''],
   ];
   for (const [path, input, value] of invalid) {
     it(`names ${path} and its value ${JSON.stringify(value).slice(0, 20)}`, () => {
@@ -44,6 +45,17 @@ describe('parseMachineConfig', () => {
       expect(issues[0]!.value).toEqual(value);
     });
   }
+
+  it('refuses a map name the guest could not mount, and more than 8 maps, naming maps', () => {
+    for (const name of ['Data', '-data', 'a-name-over-15-chars', 'a/b', '']) {
+      const issues = issuesOf({ maps: { [name]: '/x.squashfs' } });
+      expect(issues).toHaveLength(1);
+      expect(issues[0]!.path).toMatch(/^maps/);
+    }
+    const nine = Object.fromEntries(Array.from({ length: 9 }, (_, i) => [`m${i}`, '/x.squashfs']));
+    expect(issuesOf({ maps: nine })[0]!.path).toBe('maps');
+    expect(parseMachineConfig({ maps: { data: '/x.squashfs', 'tools_2-b': '/y' } }).maps).toEqual({ data: '/x.squashfs', 'tools_2-b': '/y' });
+  });
 
   it('refuses an unknown option by name', () => {
     expect(issuesOf({ memmory: 256 })).toEqual([{ path: 'memmory', message: 'unknown option' }]);

@@ -1,0 +1,60 @@
+import { createHash } from 'node:crypto';
+import { createReadStream, statSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { ConfigInvalidError } from '../errors.js';
+import { cached, fileIdentity } from '../util/file-cache.js';
+
+/** A map's name: what the guest sees it as (`/maps/NAME`). Its disk serial is `emap-NAME`, and serials hold 20 bytes. */
+export const MAP_NAME_PATTERN = /^[a-z0-9][a-z0-9_-]{0,14}$/;
+/** Each map is a virtio-blk disk (a PCI slot on q35). */
+export const MAX_MAPS = 8;
+/** The serial prefix the guest's init looks for (guest/init/init.c, USER_MAP_PREFIX). */
+export const USER_MAP_SERIAL_PREFIX = 'emap-';
+
+/** A read-only image the guest mounts at `/maps/<name>`. */
+export interface UserMap {
+  readonly name: string;
+  /** Absolute host path of the image (a squashfs). */
+  readonly path: string;
+}
+
+/**
+ * The config's maps in a fixed order (by name, so the same maps always make the same devices, as a restore
+ * needs), each checked to be a regular file.
+ * @throws {ConfigInvalidError} naming `maps.<name>` for a path that is not a regular file.
+ */
+export function resolveUserMaps(maps: Readonly<Record<string, string>>): UserMap[] {
+  const resolved = Object.entries(maps)
+    .sort(([a], [b]) => (a < b ? -1 : 1))
+    .map(([name, path]) => ({ name, path: resolve(path) }));
+  const issues = resolved.flatMap(({ name, path }) => {
+    try {
+      return statSync(path).isFile() ? [] : [{ path: `maps.${name}`, message: 'not a regular file', value: path }];
+    } catch {
+      return [{ path: `maps.${name}`, message: 'no such file', value: path }];
+    }
+  });
+  if (issues.length > 0) throw new ConfigInvalidError(issues);
+  return resolved;
+}
+
+/**
+ * What a persisted snapshot records of its maps, and what a restore must match: each map's name, size and sha256
+ * (`name:size:sha256`, space-separated; '' for none). A map is only read by the guest, so its content, not its
+ * path, is what a restored guest depends on: its page cache holds the old bytes. The hash is cached per file
+ * identity (path, size, mtime, inode), so only a new or changed file is read whole.
+ */
+export async function userMapsFingerprint(maps: readonly UserMap[]): Promise<string> {
+  const parts: string[] = [];
+  for (const map of maps) {
+    const sha256 = (await cached('map-sha256', fileIdentity(map.path), (bytes) => /^[0-9a-f]{64}$/.test(bytes.toString('utf8')), async () => Buffer.from(await hashFile(map.path)))).toString('utf8');
+    parts.push(`${map.name}:${statSync(map.path).size}:${sha256}`);
+  }
+  return parts.join(' ');
+}
+
+async function hashFile(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}

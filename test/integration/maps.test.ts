@@ -1,0 +1,84 @@
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ConfigInvalidError, FsSnapshotStore, KernelBooted, loadRuntime, SnapshotMismatchError, type Stage } from '../../src/index.js';
+import { expectNoLeaks, testRunDir } from '../helpers/leaks.js';
+
+const runDir = testRunDir('maps');
+const work = mkdtempSync(join(tmpdir(), 'evolvm-test-maps-'));
+let store: FsSnapshotStore;
+let booted: KernelBooted;
+
+/** A squashfs holding `files` (name → content), made with Debian's mksquashfs. */
+function squashfs(name: string, files: Record<string, string>): string {
+  const dir = join(work, `${name}.d`);
+  mkdirSync(dir, { recursive: true });
+  for (const [file, content] of Object.entries(files)) writeFileSync(join(dir, file), content);
+  const image = join(work, `${name}.sqfs`);
+  execFileSync('mksquashfs', [dir, image, '-noappend', '-quiet', '-no-progress', '-all-root']);
+  return image;
+}
+
+async function read(stage: Stage, path: string): Promise<string> {
+  return (await stage.readFile(path)).toString();
+}
+
+let data: string;
+let tools: string;
+beforeAll(async () => {
+  data = squashfs('data', { 'hello.txt': 'hello from the host\n' });
+  tools = squashfs('tools', { 'tool.sh': 'echo tool\n' });
+  store = await FsSnapshotStore.open(join(work, 'store'));
+  booted = await KernelBooted.boot({ runDir, maps: { data, tools } });
+}, 120_000);
+
+afterAll(async () => {
+  await booted?.close();
+  await expectNoLeaks(runDir);
+  rmSync(work, { recursive: true, force: true });
+});
+
+describe('read-only maps', () => {
+  it('are mounted at /maps/NAME, read-only', async () => {
+    expect(await read(booted, '/maps/data/hello.txt')).toBe('hello from the host\n');
+    expect(await read(booted, '/maps/tools/tool.sh')).toBe('echo tool\n');
+    const write = await booted.exec(['sh', '-c', 'echo x > /maps/data/new 2>&1; echo $?']);
+    expect(write.stdout.toString().trim()).not.toBe('0');
+  });
+
+  it('stay mounted across evolve and devolve', async () => {
+    const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
+    expect(await read(runtime, '/maps/data/hello.txt')).toBe('hello from the host\n');
+    booted = await runtime.devolve();
+    expect(await read(booted, '/maps/tools/tool.sh')).toBe('echo tool\n');
+  });
+
+  it('are part of a persisted snapshot: a restore needs the same images (by content), under the same names', async () => {
+    await booted.persist(store, 'with-maps');
+    // The same bytes at another path restore.
+    const copy = join(work, 'data-copy.sqfs');
+    copyFileSync(data, copy);
+    const restored = await KernelBooted.fromSnapshot(store, 'with-maps', { runDir, maps: { data: copy, tools } });
+    try {
+      expect(await read(restored, '/maps/data/hello.txt')).toBe('hello from the host\n');
+    } finally {
+      await restored.close();
+    }
+    const other = squashfs('other', { 'hello.txt': 'other bytes\n' });
+    for (const maps of [{}, { data }, { data: other, tools }, { data, tools, extra: other }]) {
+      const error = await KernelBooted.fromSnapshot(store, 'with-maps', { runDir, maps }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(SnapshotMismatchError);
+      expect(error).toMatchObject({ what: 'maps' });
+    }
+  }, 120_000);
+
+  it('refuse a map that is not a file before starting anything, naming maps.NAME', async () => {
+    for (const path of [join(work, 'missing.sqfs'), work]) {
+      const error = await KernelBooted.boot({ runDir, maps: { gone: path } }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ConfigInvalidError);
+      expect((error as ConfigInvalidError).issues[0]).toMatchObject({ path: 'maps.gone', value: path });
+    }
+  });
+});
