@@ -67,7 +67,7 @@ describe('read-only maps', () => {
       await restored.close();
     }
     const other = squashfs('other', { 'hello.txt': 'other bytes\n' });
-    for (const maps of [{}, { data }, { data: other, tools }, { data, tools, extra: other }]) {
+    for (const maps of [{}, { data }, { data: other, tools }, { data, tools, extra: other }] as Array<Record<string, string>>) {
       const error = await KernelBooted.fromSnapshot(store, 'with-maps', { runDir, maps }).catch((e: unknown) => e);
       expect(error).toBeInstanceOf(SnapshotMismatchError);
       expect(error).toMatchObject({ what: 'maps' });
