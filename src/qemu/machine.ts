@@ -120,7 +120,7 @@ export class Machine implements AsyncDisposable {
   static async boot(input: MachineConfigInput = {}, options: BootOptions = {}): Promise<Machine> {
     const config = parseMachineConfig(input);
     const image = resolveGuestImage(config.kernel, config.initrd);
-    const userMaps = resolveUserMaps(config.maps);
+    const userMaps = resolveUserMaps(config.maps, config.machine);
     const cleanup = new CleanupStack();
     try {
       const paths = await prepareRunDir(config, cleanup);
@@ -165,7 +165,7 @@ export class Machine implements AsyncDisposable {
   static async prepareRestore(input: MachineConfigInput, source: RestoreSource, options: BootOptions = {}): Promise<PreparedRestore> {
     const config = parseMachineConfig(input);
     const image = resolveGuestImage(config.kernel, config.initrd);
-    const userMaps = resolveUserMaps(config.maps);
+    const userMaps = resolveUserMaps(config.maps, config.machine);
     const cleanup = new CleanupStack();
     try {
       const paths = await prepareRunDir(config, cleanup, source.diskLayer);

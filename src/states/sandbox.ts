@@ -405,7 +405,7 @@ export class Sandbox {
           machine: machineConfig.machine,
           imageHash: resolveGuestImage(config.kernel, config.initrd).hash,
         });
-        const maps = await userMapsFingerprint(resolveUserMaps(config.maps));
+        const maps = await userMapsFingerprint(resolveUserMaps(config.maps, machineConfig.machine));
         if (maps !== extra.maps) throw new SnapshotMismatchError(ref, 'maps', extra.maps || '(none)', maps || '(none)');
       } catch (error) {
         if (options.fallback !== 'cold-boot' || !(error instanceof SnapshotMismatchError)) throw error;

@@ -29,6 +29,13 @@ describe('user maps', () => {
     }
   });
 
+  it('are at most 5 on a microvm, whose virtio-mmio transports evolvm shares', () => {
+    const maps = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`m${i}`, join(work, 'a')]));
+    expect(resolveUserMaps(maps(5), 'microvm')).toHaveLength(5);
+    expect(resolveUserMaps(maps(8), 'q35')).toHaveLength(8);
+    expect(() => resolveUserMaps(maps(6), 'microvm')).toThrow(ConfigInvalidError);
+  });
+
   it('are fingerprinted by name, size and content, and a file changed in place is hashed again', async () => {
     const path = join(work, 'map.sqfs');
     writeFileSync(path, 'first');
