@@ -50,12 +50,18 @@ export function resolveUserMaps(maps: Readonly<Record<string, string>>, machine:
  * (`name:size:sha256`, space-separated; '' for none). A map is only read by the guest, so its content, not its
  * path, is what a restored guest depends on: its page cache holds the old bytes. The hash is cached per file
  * identity (path, size, mtime, inode), so only a new or changed file is read whole.
+ * @throws {ConfigInvalidError} naming `maps.<name>` for a map that cannot be read.
  */
 export async function userMapsFingerprint(maps: readonly UserMap[]): Promise<string> {
   const parts: string[] = [];
   for (const map of maps) {
-    const sha256 = (await cached('map-sha256', fileIdentity(map.path), (bytes) => /^[0-9a-f]{64}$/.test(bytes.toString('utf8')), async () => Buffer.from(await hashFile(map.path)))).toString('utf8');
-    parts.push(`${map.name}:${statSync(map.path).size}:${sha256}`);
+    try {
+      const sha256 = (await cached('map-sha256', fileIdentity(map.path), (bytes) => /^[0-9a-f]{64}$/.test(bytes.toString('utf8')), async () => Buffer.from(await hashFile(map.path)))).toString('utf8');
+      parts.push(`${map.name}:${statSync(map.path).size}:${sha256}`);
+    } catch (error) {
+      // Gone or unreadable since it was checked.
+      throw new ConfigInvalidError([{ path: `maps.${map.name}`, message: `cannot be read: ${(error as Error).message}`, value: map.path }], { cause: error });
+    }
   }
   return parts.join(' ');
 }

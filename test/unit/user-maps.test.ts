@@ -46,5 +46,6 @@ describe('user maps', () => {
     utimesSync(path, new Date(), new Date(Date.now() + 5000));
     expect(await userMapsFingerprint(resolveUserMaps({ data: path }))).not.toBe(first);
     expect(await userMapsFingerprint([])).toBe('');
+    await expect(userMapsFingerprint([{ name: 'gone', path: join(work, 'gone') }])).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [{ path: 'maps.gone' }] });
   });
 });
