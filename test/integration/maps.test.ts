@@ -74,6 +74,15 @@ describe('read-only maps', () => {
     }
   }, 120_000);
 
+  it('are shared by forked clones, each reading its own mount', async () => {
+    const clones = await KernelBooted.fork(store, 'with-maps', 2, { runDir, maps: { data, tools } });
+    try {
+      for (const clone of clones) expect(await read(clone, '/maps/data/hello.txt')).toBe('hello from the host\n');
+    } finally {
+      await Promise.all(clones.map((clone) => clone.close()));
+    }
+  }, 120_000);
+
   it('refuse a map that is not a file before starting anything, naming maps.NAME', async () => {
     for (const path of [join(work, 'missing.sqfs'), work]) {
       const error = await KernelBooted.boot({ runDir, maps: { gone: path } }).catch((e: unknown) => e);
