@@ -90,6 +90,19 @@ export interface QemuLaunch {
   readonly ram?: { readonly path: string; readonly share: boolean; readonly prealloc?: boolean };
 }
 
+/**
+ * The machine type and the options that shape its device model. A snapshot's device state loads only into the
+ * same model, so a persisted snapshot records this string and a restore compares it.
+ * q35 without the devices no evolvm guest uses (AHCI, SMBus, the VMware port) and, under qboot, without the PIT
+ * (the guest ticks from the HPET and is told the TSC rate; SeaBIOS times itself with the PIT): QEMU builds and
+ * resets fewer devices. Measured, interleaved in one process: cold boot medians 1349 / 1432 against 1385 / 1809 ms,
+ * warm starts 116 / 121 against 133 / 139 ms.
+ */
+export function machineOptions(config: Pick<MachineConfig, 'machine' | 'firmware'>): string {
+  if (config.machine === 'microvm') return 'microvm,ioapic2=off';
+  return `q35,sata=off,smbus=off,vmport=off${config.firmware === 'qboot' ? ',pit=off' : ''}`;
+}
+
 /** A value inside a QEMU option list, where a comma separates options unless doubled. */
 function qemuOptionValue(value: string): string {
   return value.replaceAll(',', ',,');
@@ -105,7 +118,7 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
   const host = { hostTscKhz: launch.hostTscKhz, tcg: !launch.accelerators.includes('kvm') };
   const cmdline = [baseKernelCmdline(config.machine, host), config.cmdline].filter((part) => part.length > 0).join(' ');
   const argv = [
-    '-machine', `${microvm ? 'microvm,ioapic2=off' : 'q35'},memory-backend=ram0`,
+    '-machine', `${machineOptions(config)},memory-backend=ram0`,
     // A booted machine's RAM file is populated up front, with one madvise instead of a host page fault per 4 KiB
     // on first touch (~200–300 ms a boot here; init_on_free touches every page anyway). A restored machine maps a
     // snapshot copy-on-write, which preallocation would copy whole.

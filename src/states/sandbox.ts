@@ -25,6 +25,7 @@ import type { RequestOptions } from '../qemu/agent/agent-session.js';
 import { parseRestoreConfig, type RestoreConfigInput } from '../qemu/config.js';
 import { resolveGuestImage } from '../qemu/guest-image.js';
 import { resolveUserMaps, userMapsFingerprint } from '../qemu/user-maps.js';
+import { machineOptions } from '../qemu/argv.js';
 import { assertCompatible, qemuVersion } from '../snapshot/compatibility.js';
 import { persistMachineState } from '../snapshot/persist-machine.js';
 import type { SnapshotManifest, SnapshotManifestDraft } from '../snapshot/store/manifest.js';
@@ -398,13 +399,16 @@ export class Sandbox {
       const { manifest, paths, id } = lease.snapshot;
       if (manifest.stage.name !== stageClass.stageName) throw new SnapshotMismatchError(ref, 'stage', manifest.stage.name, stageClass.stageName);
       const extra = PersistedExtraSchema.parse(manifest.extra ?? {});
-      const machineConfig = { ...config, memoryMiB: manifest.memoryMiB, cpus: extra.cpus, machine: manifest.qemu.machine as 'q35' };
+      // The snapshot's shape: its device state loads only into the same one.
+      const machineConfig = { ...config, memoryMiB: manifest.memoryMiB, cpus: extra.cpus, machine: manifest.qemu.machine as 'q35', firmware: extra.firmware ?? config.firmware };
       try {
         assertCompatible(manifest, ref, {
           qemuVersion: qemuVersion(config.qemuBinary),
           machine: machineConfig.machine,
           imageHash: resolveGuestImage(config.kernel, config.initrd).hash,
         });
+        const model = machineOptions(machineConfig);
+        if (model !== extra.machineOptions) throw new SnapshotMismatchError(ref, 'machine', extra.machineOptions || '(not recorded)', model);
         const maps = await userMapsFingerprint(resolveUserMaps(config.maps, machineConfig.machine));
         if (maps !== extra.maps) throw new SnapshotMismatchError(ref, 'maps', extra.maps || '(none)', maps || '(none)');
       } catch (error) {
@@ -565,6 +569,8 @@ export class Sandbox {
       deviceStateOffset: config.memoryMiB * 1024 * 1024,
       lineageData: nodes.map((n) => (n.data === undefined ? null : n.data)),
       maps,
+      firmware: config.firmware,
+      machineOptions: machineOptions(config),
     };
     return {
       stage: {
@@ -779,6 +785,10 @@ const PersistedExtraSchema = z.object({
   lineageData: z.array(z.unknown()),
   /** The read-only maps the guest had (see userMapsFingerprint); absent in snapshots made before maps existed. */
   maps: z.string().max(8192).default(''),
+  /** The firmware it booted with (its ROM is in the device state); a restore uses the same. */
+  firmware: z.enum(['qboot', 'seabios']).optional(),
+  /** The machine's device model (machineOptions); a restore needs the same. Absent in older snapshots. */
+  machineOptions: z.string().max(256).default(''),
 });
 type PersistedExtra = z.infer<typeof PersistedExtraSchema>;
 

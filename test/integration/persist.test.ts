@@ -72,13 +72,18 @@ async function markers(stage: Stage): Promise<{ ram: string[]; disk: string[] }>
 
 /** A copy of snapshot `ref` in a store of its own, whose manifest says it was made by QEMU 1.0.0. */
 async function copyClaimingOldQemu(ref: string): Promise<{ store: FsSnapshotStore; id: string }> {
+  return copyWithManifest<{ qemu: { version: string } }>(ref, (draft) => ({ ...draft, qemu: { ...draft.qemu, version: '1.0.0' } }));
+}
+
+/** A copy of `ref` in a store of its own, committed with a manifest `change` rewrote. */
+async function copyWithManifest<D extends object>(ref: string, change: (draft: D) => D): Promise<{ store: FsSnapshotStore; id: string }> {
   const info = await store.get(ref);
   const copyStore = await FsSnapshotStore.open(mkdtempSync(join(tmpdir(), 'evolvm-test-store-copy-')));
-  const copy = await copyStore.create(`${ref}-old-qemu`, async (_dir, ctx) => {
+  const copy = await copyStore.create(`${ref}-copy`, async (_dir, ctx) => {
     writeFileSync(ctx.vmstatePath, readFileSync(info.paths.vmstate));
     writeFileSync(ctx.diskPath, readFileSync(info.paths.disk));
     const { id: _id, name: _name, createdAt: _c, files: _f, formatVersion: _v, ...draft } = info.manifest;
-    return { ...draft, parent: null, qemu: { ...draft.qemu, version: '1.0.0' } };
+    return change({ ...draft, parent: null } as unknown as D) as never;
   });
   return { store: copyStore, id: copy.id };
 }
@@ -145,6 +150,26 @@ describe('persisted stages restore in a new QEMU process with identical state', 
     ).catch((e: unknown) => e);
     expect(error).toMatchObject({ code: 'SNAPSHOT_MISMATCH', what: 'guest' });
   });
+});
+
+describe('machine shape', () => {
+  it('restores a SeaBIOS snapshot with the firmware it recorded, whatever the restore config says', async () => {
+    const seabios = await KernelBooted.boot({ runDir, firmware: 'seabios' });
+    try {
+      await seabios.writeFile('/tmp/seabios-marker', 'from seabios');
+      await seabios.persist(store, 'seabios');
+    } finally {
+      await seabios.close();
+    }
+    const restored = await KernelBooted.fromSnapshot(store, 'seabios', { runDir });
+    try {
+      expect((await restored.readFile('/tmp/seabios-marker')).toString()).toBe('from seabios');
+      expect(sandboxOf(restored).machine.config.firmware).toBe('seabios');
+    } finally {
+      await restored.close();
+    }
+    await store.delete('seabios');
+  }, 120_000);
 });
 
 describe('layers', () => {
@@ -342,6 +367,20 @@ describe('tampered snapshots', () => {
       expect(error).toMatchObject({ code: 'SNAPSHOT_MISMATCH', what: 'qemu', expected: '1.0.0' });
     } finally {
       rmSync(tampered.root, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a snapshot of another device model (older snapshots did not record theirs) before starting QEMU', async () => {
+    const { store: other, id } = await copyWithManifest<{ extra: Record<string, unknown> }>('booted', (draft) => {
+      const { machineOptions: _m, ...extra } = draft.extra;
+      return { ...draft, extra };
+    });
+    try {
+      const error = await KernelBooted.fromSnapshot(other, id, { runDir }, { hostFunctions: [echo] }).catch((e: unknown) => e);
+      expect(error).toMatchObject({ code: 'SNAPSHOT_MISMATCH', what: 'machine', expected: '(not recorded)', actual: 'q35,sata=off,smbus=off,vmport=off,pit=off' });
+      expect(qemuProcessesUnder(runDir)).toEqual([]);
+    } finally {
+      rmSync(other.root, { recursive: true, force: true });
     }
   });
 

@@ -32,7 +32,7 @@ describe('buildQemuArgv', () => {
 
   it('builds a q35 machine with memory, cpus, kernel and initrd', () => {
     const argv = argvFor({ memoryMiB: 256, cpus: 2 });
-    expect(valueAfter(argv, '-machine')).toEqual(['q35,memory-backend=ram0']);
+    expect(valueAfter(argv, '-machine')).toEqual(['q35,sata=off,smbus=off,vmport=off,pit=off,memory-backend=ram0']);
     expect(valueAfter(argv, '-m')).toEqual(['256']);
     expect(valueAfter(argv, '-smp')).toEqual(['2']);
     expect(valueAfter(argv, '-kernel')).toEqual(['/g/vmlinux']);
@@ -53,6 +53,12 @@ describe('buildQemuArgv', () => {
     ]);
   });
 
+  it('builds q35 without AHCI, SMBus and the VMware port, and without the PIT only under qboot (SeaBIOS times itself with it)', () => {
+    expect(valueAfter(argvFor({}), '-machine')[0]).toBe('q35,sata=off,smbus=off,vmport=off,pit=off,memory-backend=ram0');
+    expect(valueAfter(argvFor({ firmware: 'seabios' }), '-machine')[0]).toBe('q35,sata=off,smbus=off,vmport=off,memory-backend=ram0');
+    expect(valueAfter(argvFor({ machine: 'microvm' }), '-machine')[0]).toBe('microvm,ioapic2=off,memory-backend=ram0');
+  });
+
   it('wires QMP, the console and the agent port to the run directory', () => {
     const argv = argvFor({});
     expect(valueAfter(argv, '-qmp')).toEqual([`unix:${paths.qmpSocket},server=on,wait=off`]);
@@ -71,7 +77,7 @@ describe('buildQemuArgv', () => {
   it('gives the guest its data disk and file-backed RAM, shared unless restoring', () => {
     const argv = argvFor({});
     expect(valueAfter(argv, '-drive').find((d) => d.includes(DATA_NODE))).toContain(`file=${paths.dataDisk}`);
-    expect(valueAfter(argv, '-machine')[0]).toBe('q35,memory-backend=ram0');
+    expect(valueAfter(argv, '-machine')[0]).toBe('q35,sata=off,smbus=off,vmport=off,pit=off,memory-backend=ram0');
     expect(valueAfter(argv, '-object')).toEqual([`memory-backend-file,id=ram0,size=128M,mem-path=${paths.ramFile},share=on,prealloc=on`]);
     const restored = buildQemuArgv({ config: parseMachineConfig({}), kernel: 'k', initrd: 'i', accelerators: ['tcg'], paths, incoming: true, ram: { path: '/store/x/vmstate', share: false } });
     expect(valueAfter(restored, '-object')[0]).toContain('mem-path=/store/x/vmstate,share=off');
