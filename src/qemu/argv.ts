@@ -103,7 +103,10 @@ export function machineOptions(config: Pick<MachineConfig, 'machine' | 'firmware
   return `q35,sata=off,smbus=off,vmport=off${config.firmware === 'qboot' ? ',pit=off' : ''}`;
 }
 
-/** A value inside a QEMU option list, where a comma separates options unless doubled. */
+/**
+ * A value inside a QEMU option list, where a comma separates options unless doubled: every path in one (a run
+ * directory or map under a folder whose name has a comma). `-serial file:` takes the rest of its argument as is.
+ */
 function qemuOptionValue(value: string): string {
   return value.replaceAll(',', ',,');
 }
@@ -122,7 +125,7 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
     // A booted machine's RAM file is populated up front, with one madvise instead of a host page fault per 4 KiB
     // on first touch (~200–300 ms a boot here; init_on_free touches every page anyway). A restored machine maps a
     // snapshot copy-on-write, which preallocation would copy whole.
-    '-object', `memory-backend-file,id=ram0,size=${config.memoryMiB}M,mem-path=${ram.path},share=${ram.share ? 'on' : 'off'}${ram.prealloc ? ',prealloc=on' : ''}`,
+    '-object', `memory-backend-file,id=ram0,size=${config.memoryMiB}M,mem-path=${qemuOptionValue(ram.path)},share=${ram.share ? 'on' : 'off'}${ram.prealloc ? ',prealloc=on' : ''}`,
     ...(microvm || config.firmware === 'qboot' ? ['-bios', 'qboot.rom'] : []),
     ...launch.accelerators.flatMap((accel) => ['-accel', accel]),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
@@ -131,22 +134,23 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
     '-kernel', launch.kernel,
     '-initrd', launch.initrd,
     '-append', cmdline,
+    // Legacy syntax: the whole rest is the path, commas included.
     '-serial', `file:${paths.consoleLog}`,
-    '-qmp', `unix:${paths.qmpSocket},server=on,wait=off`,
+    '-qmp', `unix:${qemuOptionValue(paths.qmpSocket)},server=on,wait=off`,
     '-device', `virtio-serial-${bus},id=vser0`,
-    '-chardev', `socket,id=agent,path=${paths.agentSocket},server=on,wait=off`,
+    '-chardev', `socket,id=agent,path=${qemuOptionValue(paths.agentSocket)},server=on,wait=off`,
     '-device', `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
     // A runtime may serve the host on a port of its own, skipping the agent's relay (guest/RUNTIMES.md).
-    '-chardev', `socket,id=rt,path=${paths.runtimeSocket},server=on,wait=off`,
+    '-chardev', `socket,id=rt,path=${qemuOptionValue(paths.runtimeSocket)},server=on,wait=off`,
     '-device', `virtserialport,bus=vser0.0,chardev=rt,name=${RUNTIME_PORT_NAME},id=${RUNTIME_PORT_ID}`,
-    '-drive', `if=none,id=data,node-name=${DATA_NODE},file=${paths.dataDisk},format=qcow2,cache=unsafe,discard=unmap`,
+    '-drive', `if=none,id=data,node-name=${DATA_NODE},file=${qemuOptionValue(paths.dataDisk)},format=qcow2,cache=unsafe,discard=unmap`,
     '-device', `virtio-blk-${bus},drive=data`,
     // Holds vmstate only; no guest device, so the guest cannot touch snapshots.
-    '-drive', `if=none,id=scratch,node-name=${SCRATCH_NODE},file=${paths.scratchDisk},format=qcow2,cache=unsafe,discard=unmap`,
+    '-drive', `if=none,id=scratch,node-name=${SCRATCH_NODE},file=${qemuOptionValue(paths.scratchDisk)},format=qcow2,cache=unsafe,discard=unmap`,
   ];
   if (launch.maps) {
     // Read-only, so it stays out of snapshots: the guest finds it by serial, not by device order.
-    argv.push('-drive', `if=none,id=maps,file=${launch.maps},format=raw,readonly=on`, '-device', `virtio-blk-${bus},drive=maps,serial=${MAPS_SERIAL}`);
+    argv.push('-drive', `if=none,id=maps,file=${qemuOptionValue(launch.maps)},format=raw,readonly=on`, '-device', `virtio-blk-${bus},drive=maps,serial=${MAPS_SERIAL}`);
   }
   // After every other device, so that a machine without maps keeps its devices where they were.
   (launch.userMaps ?? []).forEach((map, index) => {

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -81,6 +81,20 @@ describe('read-only maps', () => {
     } finally {
       await Promise.all(clones.map((clone) => clone.close()));
     }
+  }, 120_000);
+
+  it("work with commas in the map's path and the run directory (QEMU option lists double them)", async () => {
+    const commaDir = join(runDir, 'a,b');
+    const commaMap = join(work, 'da,ta.sqfs');
+    copyFileSync(data, commaMap);
+    const vm = await KernelBooted.boot({ runDir: commaDir, maps: { data: commaMap } });
+    try {
+      expect(await read(vm, '/maps/data/hello.txt')).toBe('hello from the host\n');
+    } finally {
+      await vm.close();
+    }
+    expect(readdirSync(commaDir)).toEqual([]);
+    rmSync(commaDir, { recursive: true });
   }, 120_000);
 
   it('refuse a map that is not a file before starting anything, naming maps.NAME', async () => {

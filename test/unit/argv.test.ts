@@ -67,6 +67,17 @@ describe('buildQemuArgv', () => {
     expect(valueAfter(argv, '-device')).toContain(`virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`);
   });
 
+  it('doubles commas in every path inside an option list, and leaves the console file (legacy syntax) as is', () => {
+    const comma = runPaths('/run/a,b/evolvm-x');
+    const argv = buildQemuArgv({ config: parseMachineConfig({}), kernel: 'k', initrd: 'i', maps: '/g/run,times.sqfs', accelerators: ['tcg'], paths: comma });
+    expect(valueAfter(argv, '-qmp')).toEqual(['unix:/run/a,,b/evolvm-x/qmp.sock,server=on,wait=off']);
+    expect(valueAfter(argv, '-chardev').every((c) => c.includes('/run/a,,b/evolvm-x/'))).toBe(true);
+    expect(valueAfter(argv, '-drive').filter((d) => d.includes('/run/a,,b/evolvm-x/'))).toHaveLength(2);
+    expect(valueAfter(argv, '-drive')).toContain(`if=none,id=maps,file=/g/run,,times.sqfs,format=raw,readonly=on`);
+    expect(valueAfter(argv, '-object')[0]).toContain(`mem-path=${comma.ramFile.replaceAll(',', ',,')},`);
+    expect(valueAfter(argv, '-serial')).toEqual(['file:/run/a,b/evolvm-x/console.log']);
+  });
+
   it('puts the scratch disk on a named node with cache=unsafe, hidden from the guest', () => {
     const drive = valueAfter(argvFor({}), '-drive').find((d) => d.includes(SCRATCH_NODE))!;
     expect(drive).toContain('cache=unsafe');
