@@ -1,8 +1,6 @@
-import { createHash } from 'node:crypto';
-import { createReadStream, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { ConfigInvalidError } from '../errors.js';
-import { cached, fileIdentity } from '../util/file-cache.js';
 
 /** A map's name: what the guest sees it as (`/maps/NAME`). Its disk serial is `emap-NAME`, and serials hold 20 bytes. */
 export const MAP_NAME_PATTERN = /^[a-z0-9][a-z0-9_-]{0,14}$/;
@@ -43,31 +41,4 @@ export function resolveUserMaps(maps: Readonly<Record<string, string>>, machine:
   });
   if (issues.length > 0) throw new ConfigInvalidError(issues);
   return resolved;
-}
-
-/**
- * What a persisted snapshot records of its maps, and what a restore must match: each map's name, size and sha256
- * (`name:size:sha256`, space-separated; '' for none). A map is only read by the guest, so its content, not its
- * path, is what a restored guest depends on: its page cache holds the old bytes. The hash is cached per file
- * identity (path, size, mtime, inode), so only a new or changed file is read whole.
- * @throws {ConfigInvalidError} naming `maps.<name>` for a map that cannot be read.
- */
-export async function userMapsFingerprint(maps: readonly UserMap[]): Promise<string> {
-  const parts: string[] = [];
-  for (const map of maps) {
-    try {
-      const sha256 = (await cached('map-sha256', fileIdentity(map.path), (bytes) => /^[0-9a-f]{64}$/.test(bytes.toString('utf8')), async () => Buffer.from(await hashFile(map.path)))).toString('utf8');
-      parts.push(`${map.name}:${statSync(map.path).size}:${sha256}`);
-    } catch (error) {
-      // Gone or unreadable since it was checked.
-      throw new ConfigInvalidError([{ path: `maps.${map.name}`, message: `cannot be read: ${(error as Error).message}`, value: map.path }], { cause: error });
-    }
-  }
-  return parts.join(' ');
-}
-
-async function hashFile(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
 }

@@ -1,7 +1,10 @@
+import { open } from 'node:fs/promises';
 import { execaSync } from 'execa';
-import { SnapshotMismatchError } from '../errors.js';
+import { ConfigInvalidError, SnapshotMismatchError } from '../errors.js';
 import { resolveExecutable } from '../qemu/resolve-executable.js';
-import { cachedSync, fileIdentity } from '../util/file-cache.js';
+import type { UserMap } from '../qemu/user-maps.js';
+import { cached, cachedSync, fileIdentity } from '../util/file-cache.js';
+import { hashHandle } from './store/fs-io.js';
 import type { SnapshotManifest } from './store/manifest.js';
 
 const versions = new Map<string, string>();
@@ -46,4 +49,34 @@ export function assertCompatible(manifest: SnapshotManifest, ref: string, host: 
   for (const [what, expected, actual] of checks) {
     if (expected !== actual) throw new SnapshotMismatchError(ref, what, expected, actual);
   }
+}
+
+/**
+ * What a persisted snapshot records of its maps, and what a restore must match: each map's name, size and sha256
+ * (`name:size:sha256`, space-separated; '' for none). A map is only read by the guest, so its content, not its
+ * path, is what a restored guest depends on: its page cache holds the old bytes. The hash is cached per file
+ * identity (path, size, mtime, inode), so only a new or changed file is read whole.
+ * @throws {ConfigInvalidError} naming `maps.<name>` for a map that cannot be read.
+ */
+export async function userMapsFingerprint(maps: readonly UserMap[]): Promise<string> {
+  const parts: string[] = [];
+  for (const map of maps) {
+    try {
+      // `size:sha256`, from one read of the file, so that the two describe the same bytes.
+      const entry = await cached('map-sha256', fileIdentity(map.path), (bytes) => /^\d+:[0-9a-f]{64}$/.test(bytes.toString('utf8')), async () => {
+        const handle = await open(map.path, 'r');
+        try {
+          const { size, sha256 } = await hashHandle(handle, { operation: `hash map ${map.name}` });
+          return Buffer.from(`${size}:${sha256}`);
+        } finally {
+          await handle.close();
+        }
+      });
+      parts.push(`${map.name}:${entry.toString('utf8')}`);
+    } catch (error) {
+      // Gone or unreadable since it was checked.
+      throw new ConfigInvalidError([{ path: `maps.${map.name}`, message: `cannot be read: ${(error as Error).message}`, value: map.path }], { cause: error });
+    }
+  }
+  return parts.join(' ');
 }

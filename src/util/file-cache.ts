@@ -5,8 +5,8 @@ import { dirname, join } from 'node:path';
 
 /**
  * A small on-disk cache for facts evolvm would otherwise recompute in every process, shared by one user's
- * processes: a QEMU binary's version (`qemu --version` is a ~70 ms process here) and empty qcow2 templates
- * (`qemu-img create` ~35 ms). Only a speed-up: a miss, an unreadable or refused entry, or a cache directory that
+ * processes: a QEMU binary's version (`qemu --version` is a ~70 ms process here), empty qcow2 templates
+ * (`qemu-img create` ~35 ms) and the sha256 of each read-only map (a read of the whole file). Only a speed-up: a miss, an unreadable or refused entry, or a cache directory that
  * cannot be written all fall back to computing the value. Entries are written atomically (temporary file, then
  * rename) and keyed by everything the value depends on, files included by size, mtime and inode.
  * Where: `EVOLVM_CACHE_DIR`, else `$XDG_CACHE_HOME/evolvm`, else `~/.cache/evolvm`.

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigInvalidError } from '../../src/errors.js';
-import { resolveUserMaps, userMapsFingerprint } from '../../src/qemu/user-maps.js';
+import { resolveUserMaps } from '../../src/qemu/user-maps.js';
+import { userMapsFingerprint } from '../../src/snapshot/compatibility.js';
 
 const work = mkdtempSync(join(tmpdir(), 'evolvm-user-maps-'));
 process.env.EVOLVM_CACHE_DIR = join(work, 'cache');

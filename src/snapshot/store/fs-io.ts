@@ -124,7 +124,7 @@ export async function fsyncDir(path: string): Promise<void> {
   }
 }
 
-/** Creates `path` (refusing an existing one), writes `bytes`, sets `mode`, fsyncs. */
+/** Creates `path` (refusing an existing one), writes `bytes`, sets `mode`, fsyncs unless `durable` is false. */
 export async function writeNewFile(path: string, bytes: Uint8Array, mode = 0o644, durable = true): Promise<void> {
   const handle = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
   try {
