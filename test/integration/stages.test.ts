@@ -302,7 +302,7 @@ describe('atomic evolve', () => {
   it('rolls back a failing transition from a changed stage, whose replaced snapshot is deleted beside it', async () => {
     // Root has a snapshot from earlier evolves; the write makes the evolve save a new one and delete the old one
     // while the transition runs. The rollback must load the new one, after that delete.
-    await root.evolve(loadRuntime({ kind: 'shell' })).then((runtime) => runtime.devolve()).then((back) => (root = back));
+    root = await (await root.evolve(loadRuntime({ kind: 'shell' }))).devolve();
     await root.writeFile('/tmp/before-failing', 'kept');
     const failing = defineTransition({
       name: 'failingAfterSave',
