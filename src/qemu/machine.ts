@@ -175,8 +175,8 @@ export class Machine implements AsyncDisposable {
         await step('RAM image → RAM file', () => saveRamImage(source.ramImage, paths.ramFile, config.memoryMiB * 1024 * 1024));
       }
       const ram = copy ? { path: paths.ramFile, share: true } : { path: source.ramImage, share: false };
-      const process = await spawnQemu(config, image, userMaps, paths, cleanup, { incoming: true, ram });
-      await writeRunDirRecord(paths.dir, process.pid);
+      const process = await step('spawn', () => spawnQemu(config, image, userMaps, paths, cleanup, { incoming: true, ram }));
+      await step('run dir record', () => writeRunDirRecord(paths.dir, process.pid));
       const qmp = await step('qemu → qmp', () =>
         raceExit(process, 'restore', QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal: options.signal })),
       );

@@ -394,7 +394,7 @@ export class Sandbox {
     config: ReturnType<typeof parseRestoreConfig>,
     options: RestoreOptions,
   ): Promise<PreparedSandboxRestore<S>> {
-    const lease = await store.lease(ref, options);
+    const lease = await step('lease', () => store.lease(ref, options));
     try {
       const { manifest, paths, id } = lease.snapshot;
       if (manifest.stage.name !== stageClass.stageName) throw new SnapshotMismatchError(ref, 'stage', manifest.stage.name, stageClass.stageName);

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -106,6 +106,47 @@ function parentOf(pid: number): number {
   return Number(/^PPid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
 }
 
+/** The zygote's spares: children forked ahead of a spawn, which still show the zygote's own command line. */
+function sparesOf(zygote: number): number[] {
+  return readdirSync('/proc')
+    .filter((entry) => /^\d+$/.test(entry))
+    .map(Number)
+    .filter((pid) => {
+      try {
+        return parentOf(pid) === zygote && readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes('-evolvm-zygote');
+      } catch {
+        return false; // gone meanwhile
+      }
+    });
+}
+
+async function until(condition: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** How many pages of `pid`'s writable private mappings it alone maps (pagemap bits 63 and 56): those it copied. */
+function ownPages(pid: number): number {
+  const fd = openSync(`/proc/${pid}/pagemap`, 'r');
+  try {
+    let own = 0;
+    for (const line of readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
+      const match = /^([0-9a-f]+)-([0-9a-f]+) rw-p /.exec(line);
+      if (!match) continue;
+      const [start, end] = [Number.parseInt(match[1]!, 16) / 4096, Number.parseInt(match[2]!, 16) / 4096];
+      const entries = Buffer.alloc((end - start) * 8);
+      readSync(fd, entries, 0, entries.length, start * 8);
+      for (let i = 0; i < end - start; i++) if ((entries.readBigUInt64LE(i * 8) >> 56n & 0x81n) === 0x81n) own++;
+    }
+    return own;
+  } finally {
+    closeSync(fd);
+  }
+}
+
 describe('the QEMU zygote', () => {
   it('is the default launcher, and its child runs main in place with the argv it was sent, which ps shows', async () => {
     expect(await QemuProcess.prepare('/bin/sh')).toBe(true);
@@ -141,6 +182,53 @@ describe('the QEMU zygote', () => {
     expect(readFileSync(`/proc/${parentOf(first.pid)}/cmdline`, 'utf8')).toMatch(/-evolvm-zygote/);
     expect(await QemuProcess.prepare(program)).toBe(true);
     await first.exited;
+  });
+
+  it('keeps a spare child forked ahead, which takes the next spawn; one that died is replaced, and dies with the zygote', async () => {
+    const program = join(work, 'spare-sh');
+    writeFileSync(program, readFileSync('/bin/sh'));
+    chmodSync(program, 0o755);
+    const options = { consoleLog: '/dev/null', stderrLog: join(work, 'spare.log'), killGraceMs: 500 };
+    const first = await QemuProcess.spawn(program, ['-c', 'sleep 30'], options);
+    const zygote = parentOf(first.pid);
+    await until(() => sparesOf(zygote).length === 1, 'a spare is forked');
+    const [spare] = sparesOf(zygote);
+    const second = await QemuProcess.spawn(program, ['-c', 'exit 5', 'spare-argv'], options);
+    expect(second.pid).toBe(spare);
+    expect(readFileSync(`/proc/${second.pid}/cmdline`, 'utf8').replace(/\0+$/, '')).toBe([program, '-c', 'exit 5', 'spare-argv'].join('\0'));
+    await expect(second.exited).resolves.toEqual({ exitCode: 5, signal: null });
+    await until(() => sparesOf(zygote).length === 1 && sparesOf(zygote)[0] !== spare, 'the next spare is forked');
+    // Killed from outside: it is not reported as a child, and the next spawn is still served.
+    const [killed] = sparesOf(zygote);
+    process.kill(killed!, 'SIGKILL');
+    await until(() => !processAlive(killed!), 'the killed spare is gone');
+    const third = await QemuProcess.spawn(program, ['-c', 'exit 6'], options);
+    await expect(third.exited).resolves.toEqual({ exitCode: 6, signal: null });
+    await until(() => sparesOf(zygote).length === 1, 'a spare is forked again');
+    const [last] = sparesOf(zygote);
+    process.kill(zygote, 'SIGKILL');
+    await expect(first.exited).resolves.toEqual({ exitCode: null, signal: 'SIGKILL' });
+    await until(() => !processAlive(last!), 'the spare dies with the zygote');
+  });
+
+  it("copies ahead, in each later spare, the zygote's pages that its first children wrote", async () => {
+    // bash, not sh: dash leaves with _exit, which runs no exit handlers, and learning is one.
+    const program = join(work, 'learning-bash');
+    writeFileSync(program, readFileSync('/bin/bash'));
+    chmodSync(program, 0o755);
+    const options = { consoleLog: '/dev/null', stderrLog: join(work, 'learning.log'), killGraceMs: 500 };
+    expect(await QemuProcess.prepare(program)).toBe(true);
+    // Alive (and so not yet teaching anything) while the spare forked after it is looked at.
+    const probe = await QemuProcess.spawn(program, ['-c', 'sleep 2'], options);
+    const zygote = parentOf(probe.pid);
+    await until(() => sparesOf(zygote).length === 1, 'a spare is forked');
+    const untaught = ownPages(sparesOf(zygote)[0]!);
+    await probe.kill();
+    // Each child's exit teaches the zygote (the first four); the spare forked after that copies those pages.
+    for (let i = 0; i < 4; i++) await (await QemuProcess.spawn(program, ['-c', 'x=$(echo learn); exit 0'], options)).exited;
+    await until(() => sparesOf(zygote).length === 1, 'a spare is forked');
+    const taught = ownPages(sparesOf(zygote)[0]!);
+    expect(taught).toBeGreaterThan(untaught + 4);
   });
 
   it('is not used for a script: its interpreter would be the zygote, so the perl helper runs it', async () => {
