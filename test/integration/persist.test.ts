@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
@@ -424,6 +424,23 @@ describe('tampered snapshots', () => {
       writeFileSync(path, original);
       chmodSync(path, 0o444);
     }
+  });
+
+  it('refuses a snapshot a live process is deleting, stopping the QEMU it started beside the lease', async () => {
+    const info = await store.get('booted');
+    const before = qemuProcessesUnder(runDir).length;
+    // A delete intent of this (live) process, as a delete in progress publishes it.
+    const intent = join(storeDir, '.locks', `${info.id}.delete`);
+    writeFileSync(intent, JSON.stringify({ pid: process.pid, host: hostname(), startTicks: null, nonce: 'restore-test', createdAt: new Date().toISOString() }));
+    try {
+      const error = await KernelBooted.fromSnapshot(store, 'booted', { runDir }, { hostFunctions: [echo] }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(SnapshotLockedError);
+      expect(error).toMatchObject({ reason: 'deleting', operation: 'lease' });
+    } finally {
+      rmSync(intent, { force: true });
+    }
+    expect(qemuProcessesUnder(runDir)).toHaveLength(before);
+    expect(readdirSync(join(storeDir, '.locks')).filter((f) => f.includes('.lease-'))).toEqual([]);
   });
 
   it('refuses a truncated vmstate before starting QEMU', async () => {
