@@ -193,9 +193,10 @@ describe('the QEMU zygote', () => {
     const zygote = parentOf(first.pid);
     await until(() => sparesOf(zygote).length === 1, 'a spare is forked');
     const [spare] = sparesOf(zygote);
-    const second = await QemuProcess.spawn(program, ['-c', 'exit 5', 'spare-argv'], options);
+    // Alive a while, so that its command line can be read.
+    const second = await QemuProcess.spawn(program, ['-c', 'sleep 0.3; exit 5', 'spare-argv'], options);
     expect(second.pid).toBe(spare);
-    expect(readFileSync(`/proc/${second.pid}/cmdline`, 'utf8').replace(/\0+$/, '')).toBe([program, '-c', 'exit 5', 'spare-argv'].join('\0'));
+    expect(readFileSync(`/proc/${second.pid}/cmdline`, 'utf8').replace(/\0+$/, '')).toBe([program, '-c', 'sleep 0.3; exit 5', 'spare-argv'].join('\0'));
     await expect(second.exited).resolves.toEqual({ exitCode: 5, signal: null });
     await until(() => sparesOf(zygote).length === 1 && sparesOf(zygote)[0] !== spare, 'the next spare is forked');
     // Killed from outside: it is not reported as a child, and the next spawn is still served.
