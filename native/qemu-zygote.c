@@ -31,16 +31,15 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "zygote-pages.h"
 
 #define MAX_LINE (4 * 1024 * 1024)
 #define MAX_CHILDREN 4096
@@ -54,30 +53,6 @@ static char *args_start, *args_end;
 static int wake_pipe[2] = { -1, -1 };
 static pid_t live[MAX_CHILDREN];
 static int live_count;
-
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23 /* Linux 5.14; older kernels refuse it and the spare just skips the copies */
-#endif
-#define MAX_RANGES 1024
-#define MAX_PAGES (1 << 18)
-/* How many children's exits teach the zygote which of its pages QEMU writes. */
-#define LEARN_FROM 4
-
-/*
- * Which of the zygote's own writable private pages its children write (copy on write), learnt from the first
- * children's page maps at their exit and kept in memory shared with them. A spare copies those pages ahead.
- */
-struct learned_pages {
-	atomic_int reports;
-	int range_count;
-	struct {
-		uintptr_t start;
-		uint32_t pages, first;
-	} ranges[MAX_RANGES];
-	atomic_uint_fast64_t bits[MAX_PAGES / 64];
-};
-static struct learned_pages *learned;
-static long page_size = 4096;
 
 /* The spare: a child forked ahead of the next request, waiting for it on a pipe (-1 / 0 when there is none). */
 static pid_t spare_pid;
@@ -224,89 +199,6 @@ static bool write_full(int fd, const void *buffer, size_t length)
 	return true;
 }
 
-/* In the zygote, once loaded: the writable private mappings whose pages its children may copy on write. */
-static void record_ranges(void)
-{
-	learned = mmap(NULL, sizeof *learned, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (learned == MAP_FAILED) {
-		learned = NULL;
-		return;
-	}
-	FILE *maps = fopen("/proc/self/maps", "re");
-	if (!maps)
-		return;
-	char line[4096];
-	uint32_t total = 0;
-	while (fgets(line, sizeof line, maps) && learned->range_count < MAX_RANGES) {
-		unsigned long start, end;
-		char perms[8];
-		if (sscanf(line, "%lx-%lx %7s", &start, &end, perms) != 3 || strcmp(perms, "rw-p") != 0)
-			continue;
-		uint32_t pages = (uint32_t)((end - start) / (unsigned long)page_size);
-		if (pages > MAX_PAGES - total)
-			continue; /* a large reservation, not worth learning */
-		learned->ranges[learned->range_count].start = start;
-		learned->ranges[learned->range_count].pages = pages;
-		learned->ranges[learned->range_count].first = total;
-		learned->range_count++;
-		total += pages;
-	}
-	fclose(maps);
-}
-
-/*
- * In a child, at its exit (the first LEARN_FROM children only): marks the zygote's pages this child had made its
- * own, read from /proc/self/pagemap (bit 63 present, bit 56 mapped by this process alone).
- */
-static void learn_at_exit(void)
-{
-	if (atomic_fetch_add(&learned->reports, 1) >= LEARN_FROM)
-		return;
-	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return;
-	uint64_t entries[512];
-	for (int r = 0; r < learned->range_count; r++) {
-		uintptr_t start = learned->ranges[r].start;
-		uint32_t pages = learned->ranges[r].pages, first = learned->ranges[r].first;
-		for (uint32_t done = 0; done < pages;) {
-			uint32_t count = pages - done < 512 ? pages - done : 512;
-			off_t at = (off_t)((start / (uintptr_t)page_size + done) * sizeof entries[0]);
-			if (pread(fd, entries, count * sizeof entries[0], at) != (ssize_t)(count * sizeof entries[0]))
-				break;
-			for (uint32_t i = 0; i < count; i++)
-				if ((entries[i] >> 63) & (entries[i] >> 56) & 1) {
-					uint32_t bit = first + done + i;
-					atomic_fetch_or(&learned->bits[bit / 64], (uint_fast64_t)1 << (bit % 64));
-				}
-			done += count;
-		}
-	}
-	close(fd);
-}
-
-/* In a spare: copies the pages QEMU is known to write now, so that it does not fault on each of them later. */
-static void populate_learned(void)
-{
-	if (!learned)
-		return;
-	for (int r = 0; r < learned->range_count; r++) {
-		uintptr_t start = learned->ranges[r].start;
-		uint32_t pages = learned->ranges[r].pages, first = learned->ranges[r].first, run = 0;
-		for (uint32_t i = 0; i <= pages; i++) {
-			bool set = i < pages && ((atomic_load_explicit(&learned->bits[(first + i) / 64], memory_order_relaxed) >> ((first + i) % 64)) & 1);
-			if (set) {
-				run++;
-			} else if (run) {
-				/* Fails harmlessly (EINVAL on an old kernel, ENOMEM where the zygote unmapped since). */
-				madvise((void *)(start + (uintptr_t)(i - run) * (uintptr_t)page_size), (size_t)run * (size_t)page_size, MADV_POPULATE_WRITE);
-				run = 0;
-			}
-		}
-	}
-}
-
-
 /*
  * Writes the child's argv over the zygote's argument area, so that ps and pgrep show the command line the child
  * runs (the zygote is started with a long blank argument to make room). Arguments that do not fit are left out.
@@ -355,14 +247,13 @@ static void run_child(pid_t zygote, int err_w, const char *stderr_path, char **e
 	show_argv(argc, argv);
 	close(err_w);
 	environ = env;
-	if (learned && atomic_load(&learned->reports) < LEARN_FROM)
-		atexit(learn_at_exit);
+	zygote_pages_learn_at_exit();
 	exit(qemu_main(argc, argv, environ));
 }
 
 
 /*
- * A spare: forked ahead, it copies the pages QEMU will write (see learned_pages), then waits for a request: a
+ * A spare: forked ahead, it copies the pages QEMU will write (zygote-pages.c), then waits for a request: a
  * 64-bit length, then the stderr path, the environment and the arguments, each NUL-terminated, after two 32-bit
  * counts. Its pipe closing first (the zygote gone or the spare dropped) ends it.
  */
@@ -375,7 +266,7 @@ static void spare_main(pid_t zygote, int request, int err_w)
 	if (null_fd < 0 || dup2(null_fd, 0) < 0 || dup2(null_fd, 1) < 0)
 		_exit(127);
 	close(null_fd);
-	populate_learned();
+	zygote_pages_populate();
 	uint64_t length;
 	uint32_t counts[2];
 	if (!read_full(request, &length, sizeof length) || length < sizeof counts || length > 2 * MAX_LINE)
@@ -679,8 +570,7 @@ static int serve(int argc, char **argv, char **env)
 	if (!input)
 		return 1;
 	preinit_qemu();
-	page_size = sysconf(_SC_PAGESIZE);
-	record_ranges();
+	zygote_pages_record();
 	say("ready\n");
 	make_spare();
 	for (;;) {
