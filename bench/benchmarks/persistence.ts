@@ -7,6 +7,7 @@ const persist: Metric = { name: 'persist', unit: 'ms' };
 const snapshotSizeRatio: Metric = { name: 'snapshot-size-ratio', unit: 'x', target: { op: '<=', value: 0.4 } };
 const warmStart: Metric = { name: 'warm-start', unit: 'ms' };
 const warmStartAfterPersist: Metric = { name: 'warm-start-after-persist', unit: 'ms' };
+const coldBootPaired: Metric = { name: 'cold-boot-paired', unit: 'ms' };
 const warmStartPooled: Metric = { name: 'warm-start-pooled', unit: 'ms' };
 const fork16: Metric = { name: 'fork-16', unit: 'ms', target: { op: '<=', value: 3_000 } };
 const forkPss: Metric = { name: 'fork-pss', unit: 'MiB', target: { op: '<=', value: 40 } };
@@ -22,6 +23,9 @@ const TEMPLATE = 'kb';
  * - `warm-start`: `KernelBooted.fromSnapshot(store, 'kb')` until it returns (agent answered, identity
  *   refreshed), the close after it not timed; in a steady state: with the template closed (as the runtime and
  *   code stages' warm starts are measured, warm-start-stages.ts), the persists' files synced, after three untimed starts;
+ * - `cold-boot-paired`: `KernelBooted.boot` until it returns, one right before each `warm-start` sample (close not
+ *   timed), so that the two move with the host's phase alike: warm-start-speedup is their ratio, as the runtime
+ *   and code stages' ratios are of cold and warm samples that alternate;
  * - `warm-start-after-persist` (informational): the same right after `kb` is persisted, with its template still
  *   running beside it: the host is still writing the fresh snapshot back, and the first start reads it cold;
  * - `persist`: `KernelBooted.persist(store, name)` on one booted sandbox, each after a marker write;
@@ -33,9 +37,9 @@ const TEMPLATE = 'kb';
  * The template `kb` is the first persist and is not timed (it warms the store and the page cache).
  */
 export const persistenceGroup: BenchGroup = {
-  metrics: [persist, snapshotSizeRatio, warmStart, warmStartAfterPersist, warmStartPooled, fork16, forkPss],
+  metrics: [persist, snapshotSizeRatio, warmStart, coldBootPaired, warmStartAfterPersist, warmStartPooled, fork16, forkPss],
   async run({ runs, runDir, signal, log, wants }) {
-    const samples = { persist: [] as number[], size: [] as number[], warm: [] as number[], afterPersist: [] as number[], pooled: [] as number[], fork: [] as number[], pss: [] as number[] };
+    const samples = { persist: [] as number[], size: [] as number[], warm: [] as number[], coldPaired: [] as number[], afterPersist: [] as number[], pooled: [] as number[], fork: [] as number[], pss: [] as number[] };
     const bench = await openBenchStore();
     try {
       const { store } = bench;
@@ -73,7 +77,7 @@ export const persistenceGroup: BenchGroup = {
         await booted.close();
       }
 
-      if (wants(warmStart.name)) {
+      if (wants(warmStart.name) || wants(coldBootPaired.name)) {
         // Steady state: the fresh snapshots written back first (the kernel would otherwise do it beside the
         // starts), and three starts untimed. After the persists and the template's close (~400 MB of files and
         // a guest freed) the first three took 128-131 ms and the rest 83-109 even after a sync and one untimed
@@ -84,8 +88,12 @@ export const persistenceGroup: BenchGroup = {
         const n = runs(9);
         for (let i = 1; i <= n; i++) {
           signal.throwIfAborted();
+          const start = performance.now();
+          const booted = await KernelBooted.boot({ runDir }, { signal });
+          samples.coldPaired.push(since(start));
+          await booted.close();
           samples.warm.push(await timedWarmStart(store, runDir, signal));
-          log(`warm-start ${i}/${n}: ${ms(samples.warm.at(-1)!)} ms`);
+          log(`warm-start ${i}/${n}: cold boot ${ms(samples.coldPaired.at(-1)!)} / warm ${ms(samples.warm.at(-1)!)} ms`);
         }
       }
 
@@ -135,6 +143,7 @@ export const persistenceGroup: BenchGroup = {
     if (samples.persist.length > 0) results.push(resultOf(persist, samples.persist));
     results.push(resultOf(snapshotSizeRatio, samples.size));
     if (samples.warm.length > 0) results.push(resultOf(warmStart, samples.warm));
+    if (samples.coldPaired.length > 0) results.push(resultOf(coldBootPaired, samples.coldPaired));
     if (samples.afterPersist.length > 0) results.push(resultOf(warmStartAfterPersist, samples.afterPersist));
     if (samples.pooled.length > 0) results.push(resultOf(warmStartPooled, samples.pooled));
     if (samples.fork.length > 0) results.push(resultOf(fork16, samples.fork), resultOf(forkPss, samples.pss));
