@@ -1,8 +1,12 @@
 import { open } from 'node:fs/promises';
 import { execaSync } from 'execa';
 import { ConfigInvalidError, SnapshotMismatchError } from '../errors.js';
+import { machineOptions } from '../qemu/argv.js';
+import type { MachineConfigInput, RestoreConfig } from '../qemu/config.js';
+import { resolveGuestImage } from '../qemu/guest-image.js';
 import { resolveExecutable } from '../qemu/resolve-executable.js';
-import type { UserMap } from '../qemu/user-maps.js';
+import { resolveUserMaps, type UserMap } from '../qemu/user-maps.js';
+import { parsePersistedExtra, type PersistedExtra } from './persisted-extra.js';
 import { cached, cachedSync, fileIdentity } from '../util/file-cache.js';
 import { hashHandle } from './store/fs-io.js';
 import type { SnapshotManifest } from './store/manifest.js';
@@ -79,4 +83,35 @@ export async function userMapsFingerprint(maps: readonly UserMap[]): Promise<str
     }
   }
   return parts.join(' ');
+}
+
+/** What a restore starts: the snapshot's machine shape under the restore's config. */
+export interface RestoreShape {
+  readonly extra: PersistedExtra;
+  readonly machineConfig: MachineConfigInput;
+}
+
+/**
+ * Checks that this host can restore a snapshot of stage `stageName` with `config`, and gives the machine to start:
+ * the snapshot's memory, CPUs, machine type and firmware (its device state loads only into the same shape), the
+ * rest from `config`. Checked: the stage, the QEMU version, machine type and guest image (assertCompatible), the
+ * device model, and the maps' names and content.
+ * @throws {SnapshotMismatchError} naming what differs.
+ * @throws {SnapshotCorruptError} when the manifest's `extra` is not what evolvm writes.
+ * @throws {ConfigInvalidError} for a map that cannot be read.
+ */
+export async function checkRestorable(manifest: SnapshotManifest, ref: string, stageName: string, config: RestoreConfig): Promise<RestoreShape> {
+  if (manifest.stage.name !== stageName) throw new SnapshotMismatchError(ref, 'stage', manifest.stage.name, stageName);
+  const extra = parsePersistedExtra(manifest);
+  const machineConfig = { ...config, memoryMiB: manifest.memoryMiB, cpus: extra.cpus, machine: manifest.qemu.machine as 'q35', firmware: extra.firmware ?? config.firmware };
+  assertCompatible(manifest, ref, {
+    qemuVersion: qemuVersion(config.qemuBinary),
+    machine: machineConfig.machine,
+    imageHash: resolveGuestImage(config.kernel, config.initrd).hash,
+  });
+  const model = machineOptions(machineConfig);
+  if (model !== extra.machineOptions) throw new SnapshotMismatchError(ref, 'machine', extra.machineOptions || '(not recorded)', model);
+  const maps = await userMapsFingerprint(resolveUserMaps(config.maps, machineConfig.machine));
+  if (maps !== extra.maps) throw new SnapshotMismatchError(ref, 'maps', extra.maps || '(none)', maps || '(none)');
+  return { extra, machineConfig };
 }

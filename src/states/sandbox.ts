@@ -20,13 +20,11 @@ import type { Transition } from '../transitions/transition.js';
 import { withDeadline } from '../util/deadline.js';
 import { step } from '../util/trace.js';
 import { HostFunctionSet, type HostFunction, type HostFunctionSignature } from '../host/host-functions.js';
-import { z } from 'zod';
 import type { RequestOptions } from '../qemu/agent/agent-session.js';
 import { parseRestoreConfig, type RestoreConfigInput } from '../qemu/config.js';
-import { resolveGuestImage } from '../qemu/guest-image.js';
-import { resolveUserMaps } from '../qemu/user-maps.js';
 import { machineOptions } from '../qemu/argv.js';
-import { assertCompatible, qemuVersion, userMapsFingerprint } from '../snapshot/compatibility.js';
+import { checkRestorable, qemuVersion, userMapsFingerprint, type RestoreShape } from '../snapshot/compatibility.js';
+import { parsePersistedExtra, type PersistedExtra } from '../snapshot/persisted-extra.js';
 import { persistMachineState } from '../snapshot/persist-machine.js';
 import type { SnapshotManifest, SnapshotManifestDraft } from '../snapshot/store/manifest.js';
 import { replayTransition, rootByName, type LineageRegistry } from './lineage-registry.js';
@@ -100,7 +98,7 @@ export interface PreparedSandboxRestore<S extends Stage = Stage> {
   readonly store: SnapshotStore;
   readonly id: string;
   readonly manifest: SnapshotManifest;
-  readonly extra: z.infer<typeof PersistedExtraSchema>;
+  readonly extra: PersistedExtra;
   readonly hostFunctions: HostFunctionSet;
   readonly lease: { release(): Promise<void> };
   readonly machine: PreparedRestore;
@@ -395,32 +393,23 @@ export class Sandbox {
     options: RestoreOptions,
   ): Promise<PreparedSandboxRestore<S>> {
     const { manifest, paths, id } = await step('snapshot checks', () => store.get(ref, options));
+    let shape: RestoreShape;
+    try {
+      shape = await checkRestorable(manifest, ref, stageClass.stageName, config);
+    } catch (error) {
+      if (options.fallback !== 'cold-boot' || !(error instanceof SnapshotMismatchError)) throw error;
+      const { cpus } = parsePersistedExtra(manifest);
+      throw new FallbackNeeded(error, manifest, { ...config, memoryMiB: manifest.memoryMiB, cpus });
+    }
+    const { extra, machineConfig } = shape;
+    const hostFunctions = new HostFunctionSet(options.hostFunctions ?? []);
+    hostFunctions.assertSupersetOf(manifest.hostFunctions as unknown as HostFunctionSignature[], `restore ${ref}`);
     // Leased by id (the snapshot just checked) while QEMU starts, which needs only the checked manifest; awaited
     // before QEMU is handed the snapshot's files. Saves the lease's ~3 ms on each restore.
     const leasing = step('lease', () => store.lease(id, options));
     leasing.catch(() => {}); // seen below, after QEMU's start when that fails first
     let machine: PreparedRestore | undefined;
     try {
-      if (manifest.stage.name !== stageClass.stageName) throw new SnapshotMismatchError(ref, 'stage', manifest.stage.name, stageClass.stageName);
-      const extra = PersistedExtraSchema.parse(manifest.extra ?? {});
-      // The snapshot's shape: its device state loads only into the same one.
-      const machineConfig = { ...config, memoryMiB: manifest.memoryMiB, cpus: extra.cpus, machine: manifest.qemu.machine as 'q35', firmware: extra.firmware ?? config.firmware };
-      try {
-        assertCompatible(manifest, ref, {
-          qemuVersion: qemuVersion(config.qemuBinary),
-          machine: machineConfig.machine,
-          imageHash: resolveGuestImage(config.kernel, config.initrd).hash,
-        });
-        const model = machineOptions(machineConfig);
-        if (model !== extra.machineOptions) throw new SnapshotMismatchError(ref, 'machine', extra.machineOptions || '(not recorded)', model);
-        const maps = await userMapsFingerprint(resolveUserMaps(config.maps, machineConfig.machine));
-        if (maps !== extra.maps) throw new SnapshotMismatchError(ref, 'maps', extra.maps || '(none)', maps || '(none)');
-      } catch (error) {
-        if (options.fallback !== 'cold-boot' || !(error instanceof SnapshotMismatchError)) throw error;
-        throw new FallbackNeeded(error, manifest, { ...config, memoryMiB: manifest.memoryMiB, cpus: extra.cpus });
-      }
-      const hostFunctions = new HostFunctionSet(options.hostFunctions ?? []);
-      hostFunctions.assertSupersetOf(manifest.hostFunctions as unknown as HostFunctionSignature[], `restore ${ref}`);
       machine = await Machine.prepareRestore(
         machineConfig,
         { ramImage: paths.vmstate, deviceStateOffset: extra.deviceStateOffset, diskLayer: paths.disk, ram: options.ram },
@@ -782,21 +771,6 @@ export class Sandbox {
 }
 
 
-/** What evolvm keeps in a manifest's `extra`: what it needs to restore that the store's schema does not name. */
-const PersistedExtraSchema = z.object({
-  cpus: z.number().int().positive(),
-  /** Where the device state starts in the vmstate file (after the RAM image). */
-  deviceStateOffset: z.number().int().positive(),
-  /** Each lineage node's data, root first. */
-  lineageData: z.array(z.unknown()),
-  /** The read-only maps the guest had (see userMapsFingerprint); absent in snapshots made before maps existed. */
-  maps: z.string().max(8192).default(''),
-  /** The firmware it booted with (its ROM is in the device state); a restore uses the same. */
-  firmware: z.enum(['qboot', 'seabios']).optional(),
-  /** The machine's device model (machineOptions); a restore needs the same. Absent in older snapshots. */
-  machineOptions: z.string().max(256).default(''),
-});
-type PersistedExtra = z.infer<typeof PersistedExtraSchema>;
 
 function nearestPersisted(node: LineageNode | undefined, store: SnapshotStore): LineageNode['persisted'] {
   for (let n = node; n; n = n.parent) if (n.persisted?.store === store) return n.persisted;
