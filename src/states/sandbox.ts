@@ -770,8 +770,6 @@ export class Sandbox {
   }
 }
 
-
-
 function nearestPersisted(node: LineageNode | undefined, store: SnapshotStore): LineageNode['persisted'] {
   for (let n = node; n; n = n.parent) if (n.persisted?.store === store) return n.persisted;
   return undefined;
