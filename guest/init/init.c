@@ -206,6 +206,26 @@ static int valid_map_name(const char *name)
  * Mounts each user map (a read-only virtio-blk disk whose serial is emap-NAME, a squashfs) on /maps/NAME.
  * Called after mount_maps: virtio-blk probes every disk when its module loads, so all of them are there.
  */
+/*
+ * The file system on a map's disk, from its first bytes (as the host checked before attaching it,
+ * src/qemu/user-maps.ts): "squashfs" (magic "hsqs" at 0) or "ext4" (0xEF53 at 1080; the ext4 driver
+ * mounts ext2 and ext3 too), else NULL.
+ */
+static const char *map_fs_type(const char *dev)
+{
+	unsigned char head[1082];
+	int fd = open(dev, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	ssize_t n = pread(fd, head, sizeof head, 0);
+	close(fd);
+	if (n >= 4 && memcmp(head, "hsqs", 4) == 0)
+		return "squashfs";
+	if (n == (ssize_t)sizeof head && head[1080] == 0x53 && head[1081] == 0xef)
+		return "ext4";
+	return NULL;
+}
+
 static void mount_user_maps(void)
 {
 	DIR *d = opendir("/sys/block");
@@ -229,8 +249,14 @@ static void mount_user_maps(void)
 		snprintf(dir, sizeof dir, USER_MAPS_DIR "/%s", name);
 		mkdir(USER_MAPS_DIR, 0755);
 		mkdir(dir, 0755);
-		if (mount(dev, dir, "squashfs", MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
-			say("maps: mount %s (serial %s) on %s: %m", dev, serial, dir);
+		const char *type = map_fs_type(dev);
+		if (!type) {
+			say("maps: disk %s (serial %s) holds neither squashfs nor ext2/3/4; not mounted", dev, serial);
+			continue;
+		}
+		/* noload: the disk is read-only, so an ext journal is not replayed (the host's view stays the truth). */
+		if (mount(dev, dir, type, MS_RDONLY | MS_NOSUID | MS_NODEV, strcmp(type, "ext4") == 0 ? "noload" : NULL) < 0)
+			say("maps: mount %s (serial %s, %s) on %s: %m", dev, serial, type, dir);
 	}
 	closedir(d);
 }

@@ -46,7 +46,7 @@ export const MachineConfigSchema = z.strictObject({
   /** Delay between SIGTERM and SIGKILL when the QEMU process is stopped. */
   killGraceMs: z.number().int().min(0).max(60_000).default(2_000),
   /**
-   * Read-only images the guest mounts at `/maps/NAME` (name → host path of a squashfs), at most 8 (5 on microvm). They are not
+   * Read-only images the guest mounts at `/maps/NAME` (name → host path of a squashfs or ext2/3/4 image), at most 8 (5 on microvm). They are not
    * in snapshots: a persisted snapshot records each one's name, size and sha256, and a restore needs the same.
    */
   maps: z

@@ -21,17 +21,29 @@ function squashfs(name: string, files: Record<string, string>): string {
   return image;
 }
 
+/** An ext4 image holding `files`, made with mkfs.ext4 -d (e2fsprogs, part of every Debian install): no mount, no root. */
+function ext4(name: string, files: Record<string, string>): string {
+  const dir = join(work, `${name}.d`);
+  mkdirSync(dir, { recursive: true });
+  for (const [file, content] of Object.entries(files)) writeFileSync(join(dir, file), content);
+  const image = join(work, `${name}.ext4`);
+  execFileSync('mkfs.ext4', ['-q', '-F', '-d', dir, image, '4M']);
+  return image;
+}
+
 async function read(stage: Stage, path: string): Promise<string> {
   return (await stage.readFile(path)).toString();
 }
 
 let data: string;
 let tools: string;
+let records: string;
 beforeAll(async () => {
   data = squashfs('data', { 'hello.txt': 'hello from the host\n' });
   tools = squashfs('tools', { 'tool.sh': 'echo tool\n' });
+  records = ext4('records', { 'r.csv': 'id,value\n1,42\n' });
   store = await FsSnapshotStore.open(join(work, 'store'));
-  booted = await KernelBooted.boot({ runDir, maps: { data, tools } });
+  booted = await KernelBooted.boot({ runDir, maps: { data, tools, records } });
 }, 120_000);
 
 afterAll(async () => {
@@ -48,6 +60,14 @@ describe('read-only maps', () => {
     expect(write.stdout.toString().trim()).not.toBe('0');
   });
 
+  it('may be ext2/3/4 images too, mounted read-only without replaying a journal', async () => {
+    expect(await read(booted, '/maps/records/r.csv')).toBe('id,value\n1,42\n');
+    const mounts = (await booted.exec(['sh', '-c', 'grep " /maps/records " /proc/mounts'])).stdout.toString();
+    expect(mounts).toMatch(/^\S+ \/maps\/records ext4 ro,/);
+    const write = await booted.exec(['sh', '-c', 'echo x > /maps/records/new 2>&1; echo $?']);
+    expect(write.stdout.toString().trim()).not.toBe('0');
+  });
+
   it('stay mounted across evolve and devolve', async () => {
     const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
     expect(await read(runtime, '/maps/data/hello.txt')).toBe('hello from the host\n');
@@ -60,14 +80,14 @@ describe('read-only maps', () => {
     // The same bytes at another path restore.
     const copy = join(work, 'data-copy.sqfs');
     copyFileSync(data, copy);
-    const restored = await KernelBooted.fromSnapshot(store, 'with-maps', { runDir, maps: { data: copy, tools } });
+    const restored = await KernelBooted.fromSnapshot(store, 'with-maps', { runDir, maps: { data: copy, tools, records } });
     try {
       expect(await read(restored, '/maps/data/hello.txt')).toBe('hello from the host\n');
     } finally {
       await restored.close();
     }
     const other = squashfs('other', { 'hello.txt': 'other bytes\n' });
-    for (const maps of [{}, { data }, { data: other, tools }, { data, tools, extra: other }] as Array<Record<string, string>>) {
+    for (const maps of [{}, { data, tools }, { data: other, tools, records }, { data, tools, records, extra: other }] as Array<Record<string, string>>) {
       const error = await KernelBooted.fromSnapshot(store, 'with-maps', { runDir, maps }).catch((e: unknown) => e);
       expect(error).toBeInstanceOf(SnapshotMismatchError);
       expect(error).toMatchObject({ what: 'maps' });
@@ -75,7 +95,7 @@ describe('read-only maps', () => {
   }, 120_000);
 
   it('are shared by forked clones, each reading its own mount', async () => {
-    const clones = await KernelBooted.fork(store, 'with-maps', 2, { runDir, maps: { data, tools } });
+    const clones = await KernelBooted.fork(store, 'with-maps', 2, { runDir, maps: { data, tools, records } });
     try {
       for (const clone of clones) expect(await read(clone, '/maps/data/hello.txt')).toBe('hello from the host\n');
     } finally {
@@ -97,11 +117,15 @@ describe('read-only maps', () => {
     rmSync(commaDir, { recursive: true });
   }, 120_000);
 
-  it('refuse a map that is not a file before starting anything, naming maps.NAME', async () => {
-    for (const path of [join(work, 'missing.sqfs'), work]) {
+  it('refuse a map that is not a file, or holds no file system the guest mounts, before starting anything, naming maps.NAME', async () => {
+    const archive = join(work, 'data.tar');
+    writeFileSync(archive, Buffer.alloc(4096, 'tar bytes, not a file system'));
+    for (const path of [join(work, 'missing.sqfs'), work, archive]) {
       const error = await KernelBooted.boot({ runDir, maps: { gone: path } }).catch((e: unknown) => e);
       expect(error).toBeInstanceOf(ConfigInvalidError);
       expect((error as ConfigInvalidError).issues[0]).toMatchObject({ path: 'maps.gone', value: path });
     }
+    const error = await KernelBooted.boot({ runDir, maps: { archive } }).catch((e: unknown) => e);
+    expect((error as ConfigInvalidError).issues[0]).toMatchObject({ message: 'not a squashfs or ext2/3/4 image' });
   });
 });
