@@ -10,7 +10,7 @@
  *
  * Spares: the zygote keeps one child forked ahead of the next request, so a spawn costs no fork. While it waits,
  * the spare copies the zygote's pages that QEMU is known to write (MADV_POPULATE_WRITE, one system call per run
- * of pages instead of a ~25 us fault each), learnt from the page maps of the first children at their exit.
+ * of pages instead of a ~11 us fault each here), learnt from the page maps of the first children at their exit.
  * Measured on warm starts: spawn 6 -> 2.4 ms, then QEMU to an answered QMP 31 -> 25 ms.
  *
  * Without EVOLVM_ZYGOTE the shim only passes through to the real __libc_start_main.
