@@ -10,6 +10,7 @@ APT_PACKAGES=(
   gcc musl-tools linux-libc-dev make libmsgpuck-dev # the guest's static init and agent (linked against musl)
   g++ cmake make libc6-dev dpkg-dev duktape-dev squashfs-tools # the guest's runtimes (glibc): wabt (built from its Debian source) and duktape
   binutils cpio xz-utils zstd lz4 gzip dpkg apt ca-certificates
+  e2fsprogs                           # mkfs.ext4 for the tests' ext4 maps (priority required, so normally present)
 )
 
 as_root() {
