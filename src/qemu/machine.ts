@@ -24,9 +24,9 @@ import { parseMachineConfig, type MachineConfig, type MachineConfigInput } from 
 import { resolveGuestImage, type GuestImage } from './guest-image.js';
 import { Lifecycle, type LifecycleState } from './lifecycle.js';
 import { QemuProcess } from './qemu-process.js';
-import { QmpClient, waitMigration } from './qmp/index.js';
+import { QmpClient } from './qmp/index.js';
 import { createScratchDisk } from './scratch-disk.js';
-import { streamFileToSocket } from './migration-stream.js';
+import { loadDeviceState } from './device-state.js';
 import { saveRamImage } from './ram-image.js';
 import { reapOrphanRunDirs, RUN_DIR_PREFIX, writeRunDirRecord } from './run-dir-reaper.js';
 import { runPaths, type RunPaths } from './run-paths.js';
@@ -465,7 +465,7 @@ export class PreparedRestore {
         raceExit(
           process,
           'restore',
-          connectChannels(config, paths, process, cleanup, options.signal, (client) => loadDeviceState(client, config, paths, this.#source, options.signal), qmp),
+          connectChannels(config, paths, process, cleanup, options.signal, (client) => loadDeviceState(client, { incomingSocket: paths.incomingSocket, file: this.#source.ramImage, offset: this.#source.deviceStateOffset, timeoutMs: config.qmpTimeoutMs, signal: options.signal }), qmp),
         ),
       );
       lifecycle.send({ type: 'BOOTED' });
@@ -503,40 +503,6 @@ export interface RestoreSource {
    * file first, which costs the copy and the memory, and gives a machine like a booted one.
    */
   readonly ram?: 'copy-on-write' | 'copy';
-}
-
-/**
- * Loads a restoring QEMU's device state and resumes the guest (the source was paused when it saved, so QEMU
- * does not resume by itself). A failed load makes QEMU exit.
- */
-async function loadDeviceState(
-  qmp: QmpClient,
-  config: MachineConfig,
-  paths: RunPaths,
-  source: RestoreSource,
-  signal: AbortSignal | undefined,
-): Promise<void> {
-  const bounds = { timeoutMs: config.qmpTimeoutMs, signal };
-  // The source saved with x-ignore-shared: RAM is not in the stream, it is the mapped image. The capability
-  // stays on: this machine's own in-VM snapshots and persists rely on it (see InVmSnapshots).
-  await qmp.execute('migrate-set-capabilities', {
-    capabilities: [
-      { capability: 'x-ignore-shared', state: true },
-      // MIGRATION events wake waitMigration as soon as the load completes, instead of at its next poll.
-      { capability: 'events', state: true },
-    ],
-  }, bounds);
-  // QEMU listens before the command returns; the stream is fed from here (no shell forked by QEMU).
-  await qmp.execute('migrate-incoming', { uri: `unix:${paths.incomingSocket}` }, bounds);
-  const stream = streamFileToSocket(source.ramImage, source.deviceStateOffset, paths.incomingSocket);
-  try {
-    await waitMigration(qmp, { ...bounds, pollMs: 5 });
-    await stream.done;
-  } finally {
-    stream.destroy();
-    await rm(paths.incomingSocket, { force: true });
-  }
-  await qmp.execute('cont', {}, bounds);
 }
 
 /**
