@@ -1,7 +1,8 @@
 import { ConfigInvalidError, OperationNotAllowedError, QemuExitedError } from '../errors.js';
 import { parseRestoreConfig, type RestoreConfigInput } from '../qemu/config.js';
 import type { SnapshotStore } from '../snapshot/store/snapshot-store.js';
-import { restoreConcurrency, Sandbox, type ForkOptions, type RestoreOptions, type RunningSandboxRestore } from './sandbox.js';
+import { restoreConcurrency, type ForkOptions, type RestoreOptions, type RunningSandboxRestore } from './restore-steps.js';
+import { Sandbox } from './sandbox.js';
 import type { Stage, StageClass } from './stage.js';
 
 /** The most sandboxes a pool keeps ready: each is a running QEMU. */

@@ -6,7 +6,8 @@ import type { GuestAccess } from './guest-access.js';
 import type { SnapshotInfo, SnapshotStore } from '../snapshot/store/snapshot-store.js';
 import type { RestoreConfigInput } from '../qemu/config.js';
 // A cycle (sandbox.ts imports this module too) that is safe: each side uses the other only inside functions.
-import { Sandbox, type LineageNode, type PersistOptions, type RestoreOptions, type ForkOptions } from './sandbox.js';
+import type { ForkOptions, RestoreOptions } from './restore-steps.js';
+import { Sandbox, type LineageNode, type PersistOptions } from './sandbox.js';
 import { SandboxPool, type PoolOptions } from './sandbox-pool.js';
 
 /** ready: the sandbox is in this stage; consumed: it was evolved or devolved; poisoned: the sandbox is gone. */
