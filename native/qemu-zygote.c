@@ -39,6 +39,7 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "ram-remap.h"
 #include "zygote-pages.h"
 
 #define MAX_LINE (4 * 1024 * 1024)
@@ -248,6 +249,7 @@ static void run_child(pid_t zygote, int err_w, const char *stderr_path, char **e
 	close(err_w);
 	environ = env;
 	zygote_pages_learn_at_exit();
+	ram_remap_listen_if_asked();
 	exit(qemu_main(argc, argv, environ));
 }
 
