@@ -88,6 +88,11 @@ export interface QemuLaunch {
    * copy-on-write over a snapshot's RAM image, which is never written). Default: `paths.ramFile`, shared.
    */
   readonly ram?: { readonly path: string; readonly share: boolean; readonly prealloc?: boolean };
+  /**
+   * A node name for the data disk's file (protocol) node, so that QMP can name it when it reopens the disk with a
+   * backing (a spare machine, see Machine.prepareSpare). Default: QEMU names it.
+   */
+  readonly dataFileNode?: string;
 }
 
 /**
@@ -143,7 +148,7 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
     // A runtime may serve the host on a port of its own, skipping the agent's relay (guest/RUNTIMES.md).
     '-chardev', `socket,id=rt,path=${qemuOptionValue(paths.runtimeSocket)},server=on,wait=off`,
     '-device', `virtserialport,bus=vser0.0,chardev=rt,name=${RUNTIME_PORT_NAME},id=${RUNTIME_PORT_ID}`,
-    '-drive', `if=none,id=data,node-name=${DATA_NODE},file=${qemuOptionValue(paths.dataDisk)},format=qcow2,cache=unsafe,discard=unmap`,
+    '-drive', `if=none,id=data,node-name=${DATA_NODE},${launch.dataFileNode ? `file.driver=file,file.node-name=${launch.dataFileNode},file.filename=` : 'file='}${qemuOptionValue(paths.dataDisk)},format=qcow2,cache=unsafe,discard=unmap`,
     '-device', `virtio-blk-${bus},drive=data`,
     // Holds vmstate only; no guest device, so the guest cannot touch snapshots.
     '-drive', `if=none,id=scratch,node-name=${SCRATCH_NODE},file=${qemuOptionValue(paths.scratchDisk)},format=qcow2,cache=unsafe,discard=unmap`,

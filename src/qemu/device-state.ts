@@ -11,6 +11,8 @@ export interface DeviceStateLoad {
   readonly offset: number;
   readonly timeoutMs: number;
   readonly signal?: AbortSignal;
+  /** Work that must be done before the stream goes in (a spare's RAM and disk, see PreparedRestore.bind). */
+  readonly ready?: Promise<void>;
 }
 
 /**
@@ -22,15 +24,19 @@ export async function loadDeviceState(qmp: QmpClient, load: DeviceStateLoad): Pr
   const bounds = { timeoutMs: load.timeoutMs, signal: load.signal };
   // The source saved with x-ignore-shared: RAM is not in the stream, it is the mapped image. The capability
   // stays on: this machine's own in-VM snapshots and persists rely on it (see InVmSnapshots).
-  await qmp.execute('migrate-set-capabilities', {
-    capabilities: [
-      { capability: 'x-ignore-shared', state: true },
-      // MIGRATION events wake waitMigration as soon as the load completes, instead of at its next poll.
-      { capability: 'events', state: true },
-    ],
-  }, bounds);
-  // QEMU listens before the command returns; the stream is fed from here (no shell forked by QEMU).
-  await qmp.execute('migrate-incoming', { uri: `unix:${load.incomingSocket}` }, bounds);
+  // Sent together (QEMU runs one monitor's commands in order), and beside `ready`.
+  await Promise.all([
+    qmp.execute('migrate-set-capabilities', {
+      capabilities: [
+        { capability: 'x-ignore-shared', state: true },
+        // MIGRATION events wake waitMigration as soon as the load completes, instead of at its next poll.
+        { capability: 'events', state: true },
+      ],
+    }, bounds),
+    // QEMU listens before the command returns; the stream is fed from here (no shell forked by QEMU).
+    qmp.execute('migrate-incoming', { uri: `unix:${load.incomingSocket}` }, bounds),
+    load.ready,
+  ]);
   const stream = streamFileToSocket(load.file, load.offset, load.incomingSocket);
   try {
     // Completed means QEMU has read and applied the whole stream. How our end of the socket closes does not

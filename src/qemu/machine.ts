@@ -1,8 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AbortedError, AgentDisconnectedError, AgentTimeoutError, EvolvmError, OperationNotAllowedError, QemuExitedError } from '../errors.js';
+import { AbortedError, AgentDisconnectedError, AgentTimeoutError, EvolvmError, OperationNotAllowedError, QemuExitedError, QemuStartError } from '../errors.js';
 import { CleanupStack } from '../util/cleanup-stack.js';
 import { step } from '../util/trace.js';
 import { hostTscKhz, kvmUsable, resolveAccelerators } from './accel.js';
@@ -23,9 +24,10 @@ import { buildQemuArgv, type QemuLaunch } from './argv.js';
 import { parseMachineConfig, type MachineConfig, type MachineConfigInput } from './config.js';
 import { resolveGuestImage, type GuestImage } from './guest-image.js';
 import { Lifecycle, type LifecycleState } from './lifecycle.js';
-import { QemuProcess } from './qemu-process.js';
+import { QemuProcess, type QemuSpawnOptions } from './qemu-process.js';
 import { QmpClient } from './qmp/index.js';
 import { createScratchDisk } from './scratch-disk.js';
+import { attachDiskLayer, remapRam, SPARE_DATA_FILE_NODE } from './spare-bind.js';
 import { loadDeviceState } from './device-state.js';
 import { saveRamImage } from './ram-image.js';
 import { reapOrphanRunDirs, RUN_DIR_PREFIX, writeRunDirRecord } from './run-dir-reaper.js';
@@ -154,6 +156,42 @@ export class Machine implements AsyncDisposable {
   static async restore(input: MachineConfigInput, source: RestoreSource, options: BootOptions = {}): Promise<Machine> {
     const prepared = await Machine.prepareRestore(input, source, options);
     return prepared.start(options);
+  }
+
+  /**
+   * A restore started ahead of need for no snapshot in particular: QEMU waits for a device state, its RAM an
+   * empty placeholder and its data disk an empty overlay with no backing, until {@link PreparedRestore.bind}
+   * gives it a snapshot's RAM image and disk layer. Needs the QEMU zygote (its shim remaps the RAM).
+   * @throws the errors of {@link prepareRestore}; {@link QemuStartError} where no zygote can start it.
+   */
+  static async prepareSpare(input: MachineConfigInput, options: BootOptions = {}): Promise<PreparedRestore> {
+    const config = parseMachineConfig(input);
+    const image = resolveGuestImage(config.kernel, config.initrd);
+    const userMaps = resolveUserMaps(config.maps, config.machine);
+    const cleanup = new CleanupStack();
+    try {
+      const paths = await prepareRunDir(config, cleanup);
+      const placeholder = paths.ramFile;
+      cleanup.defer('ram placeholder', () => rm(placeholder, { force: true }));
+      await writeFile(placeholder, '');
+      await truncate(placeholder, config.memoryMiB * 1024 * 1024);
+      const remapSocket = join(paths.dir, 'remap.sock');
+      const process = await spawnQemu(config, image, userMaps, paths, cleanup, {
+        incoming: true,
+        ram: { path: placeholder, share: false },
+        dataFileNode: SPARE_DATA_FILE_NODE,
+        env: { EVOLVM_RAM_REMAP: remapSocket },
+        launcher: 'zygote',
+      });
+      await writeRunDirRecord(paths.dir, process.pid);
+      const qmp = await raceExit(process, 'spare start', QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal: options.signal }));
+      cleanup.defer('qmp', () => qmp.close());
+      const spare = { placeholder, remapSocket };
+      return new PreparedRestore({ config, image, userMaps, paths, ramShared: false, process, cleanup, qmp }, undefined, (parts) => new Machine(parts), spare);
+    } catch (error) {
+      await cleanup.dispose();
+      throw error;
+    }
   }
 
   /**
@@ -413,7 +451,7 @@ async function spawnQemu(
   userMaps: readonly UserMap[],
   paths: RunPaths,
   cleanup: CleanupStack,
-  restore: Pick<QemuLaunch, 'incoming' | 'ram'>,
+  restore: Pick<QemuLaunch, 'incoming' | 'ram' | 'dataFileNode'> & Pick<QemuSpawnOptions, 'env' | 'launcher'>,
 ): Promise<QemuProcess> {
   const argv = buildQemuArgv({
     config,
@@ -424,11 +462,13 @@ async function spawnQemu(
     accelerators: resolveAccelerators(config.accel, kvmUsable()),
     paths,
     hostTscKhz: hostTscKhz(),
-    ...restore,
+    incoming: restore.incoming,
+    ram: restore.ram,
+    dataFileNode: restore.dataFileNode,
   });
   // QEMU creates a booted machine's RAM file; a restored one maps the snapshot's image or a copy made before.
   if (!restore.ram) cleanup.defer('ram file', () => rm(paths.ramFile, { force: true }));
-  const process = await QemuProcess.spawn(config.qemuBinary, argv, { consoleLog: paths.consoleLog, stderrLog: paths.stderrLog, killGraceMs: config.killGraceMs });
+  const process = await QemuProcess.spawn(config.qemuBinary, argv, { consoleLog: paths.consoleLog, stderrLog: paths.stderrLog, killGraceMs: config.killGraceMs, env: restore.env, launcher: restore.launcher });
   cleanup.defer('qemu process', () => process.kill());
   return process;
 }
@@ -439,15 +479,68 @@ async function spawnQemu(
  */
 export class PreparedRestore {
   readonly #parts: Omit<MachineParts, 'id' | 'lifecycle' | 'agent' | 'runtime'>;
-  readonly #source: RestoreSource;
+  #source: RestoreSource | undefined;
   readonly #make: (parts: MachineParts) => Machine;
+  readonly #spare: SpareParts | undefined;
+  /** A bound spare's remap and disk attach, which must be done before the device state goes in. */
+  #binding: Promise<void> | undefined;
   #used = false;
 
-  /** @internal Made by {@link Machine.prepareRestore}. */
-  constructor(parts: Omit<MachineParts, 'id' | 'lifecycle' | 'agent' | 'runtime'>, source: RestoreSource, make: (parts: MachineParts) => Machine) {
+  /** @internal Made by {@link Machine.prepareRestore} and {@link Machine.prepareSpare}. */
+  constructor(parts: Omit<MachineParts, 'id' | 'lifecycle' | 'agent' | 'runtime'>, source: RestoreSource | undefined, make: (parts: MachineParts) => Machine, spare?: SpareParts) {
     this.#parts = parts;
     this.#source = source;
     this.#make = make;
+    this.#spare = spare;
+  }
+
+  /** The machine's resolved config (a spare is bound only to snapshots of the same shape). */
+  get config(): MachineConfig {
+    return this.#parts.config;
+  }
+
+  /** Whether its QMP connection keeps Node's event loop alive (see QmpClient.holdEventLoop). */
+  holdEventLoop(hold: boolean): void {
+    this.#parts.qmp.holdEventLoop(hold);
+    this.#parts.process.holdEventLoop(hold);
+  }
+
+  /** QEMU's process id. */
+  get pid(): number {
+    return this.#parts.process.pid;
+  }
+
+  /** Whether QEMU is still running (a spare may have died while it waited). */
+  get alive(): boolean {
+    return this.#parts.process.exitInfo === undefined;
+  }
+
+  /**
+   * Gives a spare ({@link Machine.prepareSpare}) the snapshot it restores: its RAM image is mapped over the
+   * placeholder and its disk layer becomes the data disk's backing. The work starts now and {@link start} waits
+   * for it before the device state goes in (it overlaps QEMU's own steps). Copy-on-write RAM only.
+   * @throws {OperationNotAllowedError} when this is not an unbound spare, or `source` asks for copied RAM.
+   * @throws {QemuStartError} when the spare's QEMU has gone (the caller starts another QEMU instead).
+   * A refused remap or disk layer ({@link QemuStartError}, {@link QmpCommandError}) is thrown by {@link start}.
+   */
+  bind(source: RestoreSource, options: BootOptions = {}): void {
+    if (!this.#spare || this.#source || this.#used) throw new OperationNotAllowedError('bind of a prepared restore', 'not an unbound spare');
+    if (source.ram === 'copy') throw new OperationNotAllowedError('bind of a prepared restore', 'a spare maps RAM copy-on-write only');
+    const { process, qmp, config, paths } = this.#parts;
+    const spare = this.#spare;
+    if (process.exitInfo || !existsSync(spare.remapSocket)) throw new QemuStartError('the spare machine has gone');
+    this.#source = source;
+    const binding = step('spare: RAM + disk layer', () =>
+      Promise.all([
+        remapRam(spare.remapSocket, spare.placeholder, source.ramImage),
+        attachDiskLayer(qmp, source.diskLayer, () => createScratchDisk(config.qemuBinary, paths.dataDisk, config.dataDiskMiB, source.diskLayer), {
+          timeoutMs: config.qmpTimeoutMs,
+          signal: options.signal,
+        }),
+      ]),
+    ).then(() => rm(spare.placeholder, { force: true })); // QEMU maps the placeholder no more; it is empty
+    binding.catch(() => {}); // seen by start, which awaits it
+    this.#binding = binding;
   }
 
   /**
@@ -457,7 +550,9 @@ export class PreparedRestore {
    * prepared machine is then gone (QEMU stopped, its files removed).
    */
   async start(options: BootOptions = {}): Promise<Machine> {
+    if (!this.#source) throw new OperationNotAllowedError('start of a prepared restore', 'a spare must be bound to a snapshot first');
     this.#use('start');
+    const source = this.#source;
     const { config, paths, process, cleanup, qmp } = this.#parts;
     try {
       const lifecycle = new Lifecycle();
@@ -465,7 +560,7 @@ export class PreparedRestore {
         raceExit(
           process,
           'restore',
-          connectChannels(config, paths, process, cleanup, options.signal, (client) => loadDeviceState(client, { incomingSocket: paths.incomingSocket, file: this.#source.ramImage, offset: this.#source.deviceStateOffset, timeoutMs: config.qmpTimeoutMs, signal: options.signal }), qmp),
+          connectChannels(config, paths, process, cleanup, options.signal, (client) => loadDeviceState(client, { incomingSocket: paths.incomingSocket, file: source.ramImage, offset: source.deviceStateOffset, timeoutMs: config.qmpTimeoutMs, signal: options.signal, ready: this.#binding }), qmp),
         ),
       );
       lifecycle.send({ type: 'BOOTED' });
@@ -487,6 +582,12 @@ export class PreparedRestore {
     if (this.#used) throw new OperationNotAllowedError(`${operation} of a prepared restore`, 'already started or discarded');
     this.#used = true;
   }
+}
+
+/** What a spare needs to be bound: its RAM placeholder and the socket its QEMU takes the remap on. */
+interface SpareParts {
+  readonly placeholder: string;
+  readonly remapSocket: string;
 }
 
 /** Where a restored machine's state comes from (a persisted snapshot's files). */

@@ -45,11 +45,15 @@ export interface QemuSpawnOptions {
   killGraceMs: number;
   /** Default: `zygote` where it is built and can run, else `helper` where perl can run it, else `direct`. */
   launcher?: QemuLauncher;
+  /** Variables for this QEMU alone, over evolvm's and the parent's (not the zygote's own). */
+  env?: Readonly<Record<string, string>>;
 }
 
 /** How one QEMU is signalled, whoever started it. */
 interface Signaller {
   signal(signal: NodeJS.Signals): void;
+  /** Whether the process keeps Node running (absent: it always does). */
+  holdEventLoop?(hold: boolean): void;
 }
 
 /**
@@ -116,8 +120,8 @@ export class QemuProcess {
       // A zygote's child runs main in place, with no exec: it sets its parent-death signal itself.
       const command = via === 'zygote' || launcher.setsParentDeath ? [executable, ...argv] : wrapped().flat();
       try {
-        const child = await launcher.spawn(command, full, options.stderrLog);
-        return new QemuProcess(child.pid, child.exited, { signal: (signal) => launcher.kill(child.pid, signal) }, options);
+        const child = await launcher.spawn(command, options.env ? { ...full, ...options.env } : full, options.stderrLog);
+        return new QemuProcess(child.pid, child.exited, { signal: (signal) => launcher.kill(child.pid, signal), holdEventLoop: (hold) => launcher.holdEventLoop(child.pid, hold) }, options);
       } catch (error) {
         if (chosen || launcher.alive || launcher.hasSpawned) throw new QemuStartError((error as Error).message, { cause: error });
         // It never worked here: the next launcher starts QEMU from now on.
@@ -125,7 +129,7 @@ export class QemuProcess {
       }
     }
     const [file, args] = wrapped();
-    const child = execa(file, args, { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', buffer: false, reject: false, cleanup: true, forceKillAfterDelay: false, env });
+    const child = execa(file, args, { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', buffer: false, reject: false, cleanup: true, forceKillAfterDelay: false, env: { ...env, ...options.env } });
     if (child.pid === undefined) throw new QemuNotFoundError(binary);
     const exited = child.then(
       (result): ExitInfo => ({ exitCode: result.exitCode ?? null, signal: result.signal ?? null }),
@@ -153,6 +157,14 @@ export class QemuProcess {
     return [console.trim() && `console:\n${console.trim()}`, stderr && `qemu stderr:\n${stderr.slice(-bytes)}`]
       .filter(Boolean)
       .join('\n');
+  }
+
+  /**
+   * Whether this QEMU keeps Node's event loop alive (it does by default). Only a QEMU started by the zygote or the
+   * spawn helper can be let go; for a directly spawned one this is a no-op.
+   */
+  holdEventLoop(hold: boolean): void {
+    this.#signaller.holdEventLoop?.(hold);
   }
 
   /** SIGTERM, then SIGKILL after the grace delay; resolves once the process is gone. */

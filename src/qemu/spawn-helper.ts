@@ -46,6 +46,8 @@ export class SpawnHelper {
   readonly #process: ResultPromise<typeof HELPER_OPTIONS>;
   readonly #starting = new Map<number, { resolve: (child: HelperChild) => void; reject: (error: Error) => void }>();
   readonly #live = new Map<number, (info: ExitInfo) => void>();
+  /** Live children that do not keep Node running (a spare machine waiting in the background). */
+  readonly #background = new Set<number>();
   #nextId = 1;
   #dead = false;
   #spawnedOne = false;
@@ -117,6 +119,18 @@ export class SpawnHelper {
     });
   }
 
+  /** Whether a live child keeps Node running (every child does until told otherwise). */
+  holdEventLoop(pid: number, hold: boolean): void {
+    if (!this.#live.has(pid)) return;
+    if (hold) {
+      this.#background.delete(pid);
+      this.#setRef(true);
+    } else {
+      this.#background.add(pid);
+      this.#unrefWhenIdle();
+    }
+  }
+
   /** Sends `signal` to a child that has not been reaped yet (a no-op otherwise). */
   kill(pid: number, signal: NodeJS.Signals): void {
     if (this.#dead || !this.#live.has(pid)) return;
@@ -146,6 +160,7 @@ export class SpawnHelper {
       const settle = this.#live.get(pid);
       if (!settle) return;
       this.#live.delete(pid);
+      this.#background.delete(pid);
       const code = Number(b);
       settle(code < 0 ? { exitCode: null, signal: SIGNAL_NAMES.get(Number(c)) ?? `signal ${c}` } : { exitCode: code, signal: null });
       this.#unrefWhenIdle();
@@ -163,7 +178,7 @@ export class SpawnHelper {
   }
 
   #unrefWhenIdle(): void {
-    if (this.#starting.size === 0 && this.#live.size === 0) this.#setRef(false);
+    if (this.#starting.size === 0 && this.#live.size === this.#background.size) this.#setRef(false);
   }
 
   /** The helper keeps Node running only while it has children starting or alive, as directly spawned ones did. */

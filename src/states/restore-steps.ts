@@ -3,7 +3,8 @@ import { setMaxListeners } from 'node:events';
 import { ConfigInvalidError, SnapshotMismatchError } from '../errors.js';
 import { HostFunctionSet, type HostFunction, type HostFunctionSignature } from '../host/host-functions.js';
 import type { MachineConfigInput, RestoreConfig } from '../qemu/config.js';
-import { Machine, type PreparedRestore } from '../qemu/machine.js';
+import { Machine, type PreparedRestore, type RestoreSource } from '../qemu/machine.js';
+import { takeSpare } from '../qemu/spare-machines.js';
 import { checkRestorable, type RestoreShape } from '../snapshot/compatibility.js';
 import { parsePersistedExtra, type PersistedExtra } from '../snapshot/persisted-extra.js';
 import type { SnapshotManifest } from '../snapshot/store/manifest.js';
@@ -126,11 +127,7 @@ export async function prepareSandboxRestore<S extends Stage>(
   leasing.catch(() => {}); // seen below, after QEMU's start when that fails first
   let machine: PreparedRestore | undefined;
   try {
-    machine = await Machine.prepareRestore(
-      machineConfig,
-      { ramImage: paths.vmstate, deviceStateOffset: extra.deviceStateOffset, diskLayer: paths.disk, ram: options.ram },
-      options,
-    );
+    machine = await prepareMachine(machineConfig, { ramImage: paths.vmstate, deviceStateOffset: extra.deviceStateOffset, diskLayer: paths.disk, ram: options.ram }, options);
     const lease = await leasing;
     return { stageClass, store, id, manifest, extra, hostFunctions, lease, machine };
   } catch (error) {
@@ -138,6 +135,25 @@ export async function prepareSandboxRestore<S extends Stage>(
     await leasing.then((lease) => lease.release(), () => {});
     throw error;
   }
+}
+
+/**
+ * QEMU for a restore: a spare machine of the same shape bound to the snapshot where one is ready (see
+ * spare-machines.ts), else one started for it. A spare that fails to bind is stopped and one is started instead.
+ * @throws those of {@link Machine.prepareRestore}.
+ */
+async function prepareMachine(config: MachineConfigInput, source: RestoreSource, options: RestoreOptions): Promise<PreparedRestore> {
+  const spare = source.ram === 'copy' ? undefined : await takeSpare(config);
+  if (spare) {
+    try {
+      spare.bind(source, options);
+      return spare;
+    } catch {
+      // The spare died or its run directory went while it waited: start QEMU for this restore instead.
+      await spare.discard();
+    }
+  }
+  return Machine.prepareRestore(config, source, options);
 }
 
 /**

@@ -13,6 +13,7 @@ import {
 } from '../errors.js';
 import type { MachineConfigInput } from '../qemu/config.js';
 import { Machine, type PreparedRestore } from '../qemu/machine.js';
+import { replenishSpares } from '../qemu/spare-machines.js';
 import { InVmSnapshots, type LoadedSnapshot } from '../snapshot/in-vm-snapshots.js';
 import type { Transition } from '../transitions/transition.js';
 import { withDeadline } from '../util/deadline.js';
@@ -304,7 +305,12 @@ export class Sandbox {
       options.onFallback?.(error.reason);
       return await Sandbox.#replay(stageClass, error.manifest, ref, error.reason, error.config, options);
     }
-    return Sandbox.startPrepared(prepared, options);
+    try {
+      return await Sandbox.startPrepared(prepared, options);
+    } finally {
+      // The next restore of this shape finds a QEMU waiting (started now, so that it does not slow this one).
+      replenishSpares();
+    }
   }
 
   /**

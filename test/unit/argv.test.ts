@@ -8,7 +8,7 @@ const paths = runPaths('/run/evolvm-x');
 
 function argvFor(
   config: Record<string, unknown>,
-  extra: { incoming?: boolean; accelerators?: Array<'kvm' | 'tcg'>; userMaps?: Array<{ name: string; path: string }> } = {},
+  extra: { incoming?: boolean; accelerators?: Array<'kvm' | 'tcg'>; userMaps?: Array<{ name: string; path: string }>; dataFileNode?: string } = {},
 ): string[] {
   return buildQemuArgv({
     config: parseMachineConfig(config),
@@ -18,6 +18,7 @@ function argvFor(
     paths,
     incoming: extra.incoming,
     userMaps: extra.userMaps,
+    dataFileNode: extra.dataFileNode,
   });
 }
 
@@ -26,6 +27,14 @@ function valueAfter(argv: string[], flag: string): string[] {
 }
 
 describe('buildQemuArgv', () => {
+  it("names the data disk's file node only when asked (a spare machine reopens the disk over a backing by it)", () => {
+    const data = (argv: string[]) => valueAfter(argv, '-drive').find((drive) => drive.includes(`node-name=${DATA_NODE},`));
+    expect(data(argvFor({}))).toBe(`if=none,id=data,node-name=${DATA_NODE},file=${paths.dataDisk},format=qcow2,cache=unsafe,discard=unmap`);
+    expect(data(argvFor({}, { dataFileNode: 'data0-file' }))).toBe(
+      `if=none,id=data,node-name=${DATA_NODE},file.driver=file,file.node-name=data0-file,file.filename=${paths.dataDisk},format=qcow2,cache=unsafe,discard=unmap`,
+    );
+  });
+
   it('is pure: the same input gives the same argv', () => {
     expect(argvFor({})).toEqual(argvFor({}));
   });

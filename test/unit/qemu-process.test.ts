@@ -308,6 +308,17 @@ describe.each<QemuLauncher>(['zygote', 'helper'])('a Node process whose children
     expect(result.code).toBe(0);
   });
 
+  it('is not kept alive by a live child let go of the event loop (a spare machine), which dies with it', async () => {
+    const result = await runOwner('background', launcher);
+    expect(result.code).toBe(0);
+    expect(result.ms).toBeLessThan(15_000); // the child sleeps 30 s
+    const pid = Number(/pid (\d+)/.exec(result.output)?.[1]);
+    expect(pid).toBeGreaterThan(0);
+    const deadline = Date.now() + 5000;
+    while (processAlive(pid) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(processAlive(pid)).toBe(false);
+  });
+
   it('takes its children down when its Node process exits', async () => {
     const result = await runOwner('exit', launcher);
     const pid = Number(/pid (\d+)/.exec(result.output)?.[1]);

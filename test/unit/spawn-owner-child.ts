@@ -11,6 +11,11 @@ if (mode === 'prepare') {
   const child = await QemuProcess.spawn('/bin/sh', ['-c', 'exit 0'], { consoleLog: '/dev/null', stderrLog: stderrLog!, killGraceMs: 500, launcher });
   await child.exited;
   console.log('done');
+} else if (mode === 'background') {
+  // A live child let go of the event loop (a spare machine) must not keep this process alive.
+  const child = await QemuProcess.spawn('/bin/sleep', ['30'], { consoleLog: '/dev/null', stderrLog: stderrLog!, killGraceMs: 500, launcher });
+  child.holdEventLoop(false);
+  console.log(`pid ${child.pid}`);
 } else {
   // Exiting while a child runs takes the child down.
   const child = await QemuProcess.spawn('/bin/sleep', ['30'], { consoleLog: '/dev/null', stderrLog: stderrLog!, killGraceMs: 500, launcher });

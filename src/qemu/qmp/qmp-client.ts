@@ -223,6 +223,15 @@ export class QmpClient implements AsyncDisposable {
   }
 
   /**
+   * Whether an open connection keeps Node's event loop alive (it does by default). A QEMU kept waiting in the
+   * background (a spare machine) must not keep a program that is done from exiting.
+   */
+  holdEventLoop(hold: boolean): void {
+    if (hold) this.#socket.ref();
+    else this.#socket.unref();
+  }
+
+  /**
    * Closes the connection: pending commands and event waiters reject with {@link QmpDisconnectedError} at once,
    * event streams end, and the promise resolves when the socket is closed. Idempotent.
    */

@@ -1,0 +1,157 @@
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { closeSpareMachines, FsSnapshotStore, KernelBooted, loadCode, loadRuntime, Machine, QemuStartError, RuntimeLoaded, sandboxOf, type Stage } from '../../src/index.js';
+import { readySparePids } from '../../src/qemu/spare-machines.js';
+import { expectNoLeaks, qemuProcessesUnder, testRunDir } from '../helpers/leaks.js';
+
+// Spares are off for the rest of the suite (vitest.config.ts): on here, as they are by default.
+const previous = process.env.EVOLVM_QEMU_SPARE;
+process.env.EVOLVM_QEMU_SPARE = 'on';
+
+const runDir = testRunDir('spare');
+const storeDir = mkdtempSync(join(tmpdir(), 'evolvm-test-spare-store-'));
+let store: FsSnapshotStore;
+
+/** A stage's RAM (tmpfs) and disk markers, as persist.test.ts writes them. */
+async function mark(stage: Stage, name: string, sector: number): Promise<void> {
+  await stage.writeFile(`/tmp/in-ram-${name}`, name);
+  await stage.exec(['sh', '-c', `echo disk-${name} | dd of=/dev/vda bs=512 seek=${sector} count=1 conv=notrunc 2>/dev/null`]);
+}
+
+async function markers(stage: Stage): Promise<{ ram: string[]; disk: string[] }> {
+  const ram = (await stage.exec(['sh', '-c', 'ls /tmp | grep in-ram- || true'])).stdout.split('\n').filter(Boolean).sort();
+  const disk: string[] = [];
+  for (let sector = 0; sector < 2; sector++) {
+    const text = (await stage.exec(['sh', '-c', `dd if=/dev/vda bs=512 skip=${sector} count=1 2>/dev/null | tr -d '\\000' | head -n 1`])).stdout.trim();
+    if (text) disk.push(text);
+  }
+  return { ram, disk };
+}
+
+/** Waits for a spare machine to be ready (one starts ~200 ms after a restore) and gives its QEMU pid. */
+async function spareReady(): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    const [pid] = readySparePids();
+    if (pid !== undefined) return pid;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  throw new Error('no spare machine became ready within 5 s');
+}
+
+beforeAll(async () => {
+  store = await FsSnapshotStore.open(storeDir);
+  const booted = await KernelBooted.boot({ runDir });
+  try {
+    await mark(booted, 'booted', 0);
+    await booted.persist(store, 'booted');
+    const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
+    await mark(runtime, 'runtime', 1);
+    // A layer over 'booted': its disk is a qcow2 over booted's, so a spare opens a backing chain of two.
+    await runtime.persist(store, 'runtime');
+  } finally {
+    await booted.close();
+  }
+}, 180_000);
+
+afterAll(async () => {
+  await closeSpareMachines();
+  await expectNoLeaks(runDir);
+  rmSync(storeDir, { recursive: true, force: true });
+  if (previous === undefined) delete process.env.EVOLVM_QEMU_SPARE;
+  else process.env.EVOLVM_QEMU_SPARE = previous;
+});
+
+describe('spare machines (a QEMU started ahead, bound to a snapshot at restore)', () => {
+  it('starts one after a restore, and the next restore of that shape runs in it with the snapshot whole', async () => {
+    const first = await RuntimeLoaded.fromSnapshot(store, 'runtime', { runDir });
+    await first.close();
+    const sparePid = await spareReady();
+
+    const restored = await RuntimeLoaded.fromSnapshot(store, 'runtime', { runDir });
+    try {
+      expect(sandboxOf(restored).machine.pid).toBe(sparePid);
+      expect(readySparePids()).not.toContain(sparePid);
+      // RAM from the snapshot's image, disk from its two layers, the runtime process alive.
+      expect(await markers(restored)).toEqual({ ram: ['in-ram-booted', 'in-ram-runtime'], disk: ['disk-booted', 'disk-runtime'] });
+      expect((await restored.exec(['kill', '-0', String(restored.runtime.pid)])).exitCode).toBe(0);
+      // Its own identity, the host's clock.
+      expect(restored.sandboxId).not.toBe(first.sandboxId);
+      expect((await restored.exec(['hostname'])).stdout.trim()).toBe(restored.sandboxId);
+      expect(Math.abs(Number((await restored.exec(['date', '+%s'])).stdout) - Date.now() / 1000)).toBeLessThan(5);
+
+      // In-VM snapshots work on the remapped RAM: evolve, write, devolve, and the write is gone.
+      const code = await restored.evolve(loadCode('hi() { echo hi; }'));
+      await code.writeFile('/tmp/in-ram-later', 'x');
+      await code.exec(['sh', '-c', 'echo disk-later | dd of=/dev/vda bs=512 seek=1 count=1 conv=notrunc 2>/dev/null']);
+      const back = await code.devolve();
+      expect(await markers(back)).toEqual({ ram: ['in-ram-booted', 'in-ram-runtime'], disk: ['disk-booted', 'disk-runtime'] });
+    } finally {
+      await restored.close();
+    }
+    // The snapshot's files were never written.
+    await expect(store.verify('runtime')).resolves.toBeDefined();
+  });
+
+  it('serves only its own shape: a restore with another machine config starts its own QEMU', async () => {
+    await (await KernelBooted.fromSnapshot(store, 'booted', { runDir })).close();
+    const sparePid = await spareReady();
+    const other = await KernelBooted.fromSnapshot(store, 'booted', { runDir, bootTimeoutMs: 59_000 });
+    try {
+      expect(sandboxOf(other).machine.pid).not.toBe(sparePid);
+      expect(await markers(other)).toEqual({ ram: ['in-ram-booted'], disk: ['disk-booted'] });
+    } finally {
+      await other.close();
+    }
+  });
+
+  it('falls back to a fresh QEMU when the spare died while it waited', async () => {
+    await closeSpareMachines();
+    await (await KernelBooted.fromSnapshot(store, 'booted', { runDir })).close();
+    const sparePid = await spareReady();
+    process.kill(sparePid, 'SIGKILL');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const restored = await KernelBooted.fromSnapshot(store, 'booted', { runDir });
+    try {
+      expect(sandboxOf(restored).machine.pid).not.toBe(sparePid);
+      expect(await markers(restored)).toEqual({ ram: ['in-ram-booted'], disk: ['disk-booted'] });
+    } finally {
+      await restored.close();
+    }
+  });
+
+  it('a bind refused by QEMU (a RAM image smaller than RAM) is a typed error and leaves nothing', async () => {
+    await closeSpareMachines();
+    const before = qemuProcessesUnder(runDir).length;
+    const spare = await Machine.prepareSpare({ runDir });
+    const small = join(storeDir, 'small.img');
+    writeFileSync(small, Buffer.alloc(4096));
+    const { paths } = await store.get('booted');
+    spare.bind({ ramImage: small, deviceStateOffset: 4096, diskLayer: paths.disk });
+    const error = await spare.start().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(QemuStartError);
+    expect((error as Error).message).toMatch(/holds 4096 bytes/);
+    for (let i = 0; i < 50 && qemuProcessesUnder(runDir).length > before; i++) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(qemuProcessesUnder(runDir)).toHaveLength(before);
+  });
+
+  it('does not start one with EVOLVM_QEMU_SPARE=off, and closeSpareMachines stops them all', async () => {
+    await closeSpareMachines();
+    process.env.EVOLVM_QEMU_SPARE = 'off';
+    try {
+      await (await KernelBooted.fromSnapshot(store, 'booted', { runDir })).close();
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      expect(readySparePids()).toEqual([]);
+    } finally {
+      process.env.EVOLVM_QEMU_SPARE = 'on';
+    }
+    await (await KernelBooted.fromSnapshot(store, 'booted', { runDir })).close();
+    const pid = await spareReady();
+    await closeSpareMachines();
+    expect(readySparePids()).toEqual([]);
+    for (let i = 0; i < 50 && qemuProcessesUnder(runDir).some((line) => line.startsWith(`${pid} `)); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(qemuProcessesUnder(runDir).filter((line) => line.startsWith(`${pid} `))).toEqual([]);
+    expect(readdirSync(runDir)).toEqual([]);
+  });
+});
