@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,8 +18,8 @@ beforeAll(() => {
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function run(preload?: string, args: string[] = []): { before: number; rightAfter: number; later: number } {
-  const env = { ...process.env, LD_PRELOAD: preload ?? '' };
+function run(preload?: string, args: string[] = [], extraEnv: Record<string, string> = {}): { before: number; rightAfter: number; later: number } {
+  const env = { ...process.env, LD_PRELOAD: preload ?? '', ...extraEnv };
   const [before, rightAfter, later] = execFileSync(probe, args, { env, encoding: 'utf8' }).trim().split(' ').map(Number);
   return { before: before!, rightAfter: rightAfter!, later: later! };
 }
@@ -34,6 +34,16 @@ describe('the idle-trim shim', () => {
     const { before, rightAfter, later } = run(idleTrimShimPath());
     expect(before - rightAfter).toBeLessThan(8 * 1024);
     expect(before - later).toBeGreaterThan(48 * 1024);
+  });
+
+  it('drops the trim while the process is a spare machine waiting (its remap socket exists), not after', () => {
+    const socket = join(dir, 'remap.sock');
+    writeFileSync(socket, '');
+    const waiting = run(idleTrimShimPath(), [], { EVOLVM_RAM_REMAP: socket });
+    expect(waiting.before - waiting.later).toBeLessThan(8 * 1024);
+    rmSync(socket);
+    const bound = run(idleTrimShimPath(), [], { EVOLVM_RAM_REMAP: socket });
+    expect(bound.before - bound.later).toBeGreaterThan(48 * 1024);
   });
 
   it('still trims in a child forked after its trimmer thread started (a QEMU forked by the zygote)', () => {
