@@ -8,9 +8,9 @@ export default defineConfig({
     maxWorkers: 2,
     minWorkers: 1,
     testTimeout: 60_000,
-    // Spare machines start in the background after restores and would change the QEMU counts that many files
-    // check; test/integration/spare-machines.test.ts turns them on and tests them.
-    env: { EVOLVM_QEMU_SPARE: 'off' },
+    // Standby machines start in the background after restores and would change the QEMU counts that many files
+    // check; test/integration/standby-machines.test.ts turns them on and tests them.
+    env: { EVOLVM_QEMU_STANDBY: 'off' },
     hookTimeout: 120_000,
     typecheck: {
       enabled: false,

@@ -39,12 +39,12 @@ static long long now_ms(void)
 }
 
 /*
- * A spare machine (src/qemu/spare-machines.ts) waits, idle, for a snapshot: trimming then would hand back the heap
+ * A standby machine (src/qemu/standby-machines.ts) waits, idle, for a snapshot: trimming then would hand back the heap
  * its start-up left free, which its restore faults straight back in (the device-state load took 16-20 ms instead of
- * 9-10 in spares that had waited 300 ms). It waits while its remap socket (EVOLVM_RAM_REMAP, see ram-remap.c)
+ * 9-10 in standbys that had waited 300 ms). It waits while its remap socket (EVOLVM_RAM_REMAP, see ram-remap.c)
  * exists; the remap removes it.
  */
-static int spare_waiting(void)
+static int standby_waiting(void)
 {
 	const char *remap = getenv("EVOLVM_RAM_REMAP");
 	return remap && *remap && access(remap, F_OK) == 0;
@@ -69,8 +69,8 @@ static void *trimmer(void *unused)
 		size_t pad = requested_pad;
 		requested_at = 0;
 		pthread_mutex_unlock(&lock);
-		/* Dropped, not put off: the restore that binds the spare asks for trims of its own. */
-		if (real_trim && !spare_waiting())
+		/* Dropped, not put off: the restore that binds the standby asks for trims of its own. */
+		if (real_trim && !standby_waiting())
 			real_trim(pad);
 		pthread_mutex_lock(&lock);
 	}

@@ -1,5 +1,5 @@
 /*
- * Lets a QEMU started ahead of need (a spare machine, src/qemu/spare-machine.ts) be given a snapshot's RAM after
+ * Lets a QEMU started ahead of need (a standby machine, src/qemu/standby-machines.ts) be given a snapshot's RAM after
  * it started: with EVOLVM_RAM_REMAP=SOCKET_PATH in its environment, a thread of the QEMU process listens there for
  * one request, `PLACEHOLDER_PATH\tIMAGE_PATH\n`, maps IMAGE_PATH privately over the mapping of PLACEHOLDER_PATH
  * (guest RAM, a memory-backend-file with share=off) at the same address, and answers `ok\n` or `error TEXT\n`.
@@ -130,7 +130,7 @@ static void *listen_thread(void *arg)
 	int listener = (int)(intptr_t)arg;
 	serve_one(listener);
 	close(listener);
-	/* Gone: the spare is bound (idle-malloc-trim.c trims again from now on). */
+	/* Gone: the standby is bound (idle-malloc-trim.c trims again from now on). */
 	unlink(socket_path);
 	return NULL;
 }

@@ -90,7 +90,7 @@ export interface QemuLaunch {
   readonly ram?: { readonly path: string; readonly share: boolean; readonly prealloc?: boolean };
   /**
    * A node name for the data disk's file (protocol) node, so that QMP can name it when it reopens the disk with a
-   * backing (a spare machine, see Machine.prepareSpare). Default: QEMU names it.
+   * backing (a standby machine, see Machine.prepareStandby). Default: QEMU names it.
    */
   readonly dataFileNode?: string;
 }

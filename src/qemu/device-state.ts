@@ -11,7 +11,7 @@ export interface DeviceStateLoad {
   readonly offset: number;
   readonly timeoutMs: number;
   readonly signal?: AbortSignal;
-  /** Work that must be done before the stream goes in (a spare's RAM and disk, see PreparedRestore.bind). */
+  /** Work that must be done before the stream goes in (a standby machine's RAM and disk, see PreparedRestore.bind). */
   readonly ready?: Promise<void>;
 }
 

@@ -27,7 +27,7 @@ import { Lifecycle, type LifecycleState } from './lifecycle.js';
 import { QemuProcess, type QemuSpawnOptions } from './qemu-process.js';
 import { QmpClient } from './qmp/index.js';
 import { createScratchDisk } from './scratch-disk.js';
-import { attachDiskLayer, remapRam, SPARE_DATA_FILE_NODE } from './spare-bind.js';
+import { attachDiskLayer, remapRam, STANDBY_DATA_FILE_NODE } from './standby-bind.js';
 import { loadDeviceState } from './device-state.js';
 import { saveRamImage } from './ram-image.js';
 import { reapOrphanRunDirs, RUN_DIR_PREFIX, writeRunDirRecord } from './run-dir-reaper.js';
@@ -164,7 +164,7 @@ export class Machine implements AsyncDisposable {
    * gives it a snapshot's RAM image and disk layer. Needs the QEMU zygote (its shim remaps the RAM).
    * @throws the errors of {@link prepareRestore}; {@link QemuStartError} where no zygote can start it.
    */
-  static async prepareSpare(input: MachineConfigInput, options: BootOptions = {}): Promise<PreparedRestore> {
+  static async prepareStandby(input: MachineConfigInput, options: BootOptions = {}): Promise<PreparedRestore> {
     const config = parseMachineConfig(input);
     const image = resolveGuestImage(config.kernel, config.initrd);
     const userMaps = resolveUserMaps(config.maps, config.machine);
@@ -179,15 +179,15 @@ export class Machine implements AsyncDisposable {
       const process = await spawnQemu(config, image, userMaps, paths, cleanup, {
         incoming: true,
         ram: { path: placeholder, share: false },
-        dataFileNode: SPARE_DATA_FILE_NODE,
+        dataFileNode: STANDBY_DATA_FILE_NODE,
         env: { EVOLVM_RAM_REMAP: remapSocket },
         launcher: 'zygote',
       });
       await writeRunDirRecord(paths.dir, process.pid);
-      const qmp = await raceExit(process, 'spare start', QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal: options.signal }));
+      const qmp = await raceExit(process, 'standby start', QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal: options.signal }));
       cleanup.defer('qmp', () => qmp.close());
-      const spare = { placeholder, remapSocket };
-      return new PreparedRestore({ config, image, userMaps, paths, ramShared: false, process, cleanup, qmp }, undefined, (parts) => new Machine(parts), spare);
+      const standby = { placeholder, remapSocket };
+      return new PreparedRestore({ config, image, userMaps, paths, ramShared: false, process, cleanup, qmp }, undefined, (parts) => new Machine(parts), standby);
     } catch (error) {
       await cleanup.dispose();
       throw error;
@@ -481,20 +481,20 @@ export class PreparedRestore {
   readonly #parts: Omit<MachineParts, 'id' | 'lifecycle' | 'agent' | 'runtime'>;
   #source: RestoreSource | undefined;
   readonly #make: (parts: MachineParts) => Machine;
-  readonly #spare: SpareParts | undefined;
-  /** A bound spare's remap and disk attach, which must be done before the device state goes in. */
+  readonly #standby: StandbyParts | undefined;
+  /** A bound standby's remap and disk attach, which must be done before the device state goes in. */
   #binding: Promise<void> | undefined;
   #used = false;
 
-  /** @internal Made by {@link Machine.prepareRestore} and {@link Machine.prepareSpare}. */
-  constructor(parts: Omit<MachineParts, 'id' | 'lifecycle' | 'agent' | 'runtime'>, source: RestoreSource | undefined, make: (parts: MachineParts) => Machine, spare?: SpareParts) {
+  /** @internal Made by {@link Machine.prepareRestore} and {@link Machine.prepareStandby}. */
+  constructor(parts: Omit<MachineParts, 'id' | 'lifecycle' | 'agent' | 'runtime'>, source: RestoreSource | undefined, make: (parts: MachineParts) => Machine, standby?: StandbyParts) {
     this.#parts = parts;
     this.#source = source;
     this.#make = make;
-    this.#spare = spare;
+    this.#standby = standby;
   }
 
-  /** The machine's resolved config (a spare is bound only to snapshots of the same shape). */
+  /** The machine's resolved config (a standby is bound only to snapshots of the same shape). */
   get config(): MachineConfig {
     return this.#parts.config;
   }
@@ -510,35 +510,35 @@ export class PreparedRestore {
     return this.#parts.process.pid;
   }
 
-  /** Whether QEMU is still running (a spare may have died while it waited). */
+  /** Whether QEMU is still running (a standby may have died while it waited). */
   get alive(): boolean {
     return this.#parts.process.exitInfo === undefined;
   }
 
   /**
-   * Gives a spare ({@link Machine.prepareSpare}) the snapshot it restores: its RAM image is mapped over the
+   * Gives a standby ({@link Machine.prepareStandby}) the snapshot it restores: its RAM image is mapped over the
    * placeholder and its disk layer becomes the data disk's backing. The work starts now and {@link start} waits
    * for it before the device state goes in (it overlaps QEMU's own steps). Copy-on-write RAM only.
-   * @throws {OperationNotAllowedError} when this is not an unbound spare, or `source` asks for copied RAM.
-   * @throws {QemuStartError} when the spare's QEMU has gone (the caller starts another QEMU instead).
+   * @throws {OperationNotAllowedError} when this is not an unbound standby, or `source` asks for copied RAM.
+   * @throws {QemuStartError} when the standby's QEMU has gone (the caller starts another QEMU instead).
    * A refused remap or disk layer ({@link QemuStartError}, {@link QmpCommandError}) is thrown by {@link start}.
    */
   bind(source: RestoreSource, options: BootOptions = {}): void {
-    if (!this.#spare || this.#source || this.#used) throw new OperationNotAllowedError('bind of a prepared restore', 'not an unbound spare');
-    if (source.ram === 'copy') throw new OperationNotAllowedError('bind of a prepared restore', 'a spare maps RAM copy-on-write only');
+    if (!this.#standby || this.#source || this.#used) throw new OperationNotAllowedError('bind of a prepared restore', 'not an unbound standby');
+    if (source.ram === 'copy') throw new OperationNotAllowedError('bind of a prepared restore', 'a standby maps RAM copy-on-write only');
     const { process, qmp, config, paths } = this.#parts;
-    const spare = this.#spare;
-    if (process.exitInfo || !existsSync(spare.remapSocket)) throw new QemuStartError('the spare machine has gone');
+    const standby = this.#standby;
+    if (process.exitInfo || !existsSync(standby.remapSocket)) throw new QemuStartError('the standby machine has gone');
     this.#source = source;
-    const binding = step('spare: RAM + disk layer', () =>
+    const binding = step('standby: RAM + disk layer', () =>
       Promise.all([
-        remapRam(spare.remapSocket, spare.placeholder, source.ramImage),
+        remapRam(standby.remapSocket, standby.placeholder, source.ramImage),
         attachDiskLayer(qmp, source.diskLayer, () => createScratchDisk(config.qemuBinary, paths.dataDisk, config.dataDiskMiB, source.diskLayer), {
           timeoutMs: config.qmpTimeoutMs,
           signal: options.signal,
         }),
       ]),
-    ).then(() => rm(spare.placeholder, { force: true })); // QEMU maps the placeholder no more; it is empty
+    ).then(() => rm(standby.placeholder, { force: true })); // QEMU maps the placeholder no more; it is empty
     binding.catch(() => {}); // seen by start, which awaits it
     this.#binding = binding;
   }
@@ -550,7 +550,7 @@ export class PreparedRestore {
    * prepared machine is then gone (QEMU stopped, its files removed).
    */
   async start(options: BootOptions = {}): Promise<Machine> {
-    if (!this.#source) throw new OperationNotAllowedError('start of a prepared restore', 'a spare must be bound to a snapshot first');
+    if (!this.#source) throw new OperationNotAllowedError('start of a prepared restore', 'a standby must be bound to a snapshot first');
     this.#use('start');
     const source = this.#source;
     const { config, paths, process, cleanup, qmp } = this.#parts;
@@ -584,8 +584,8 @@ export class PreparedRestore {
   }
 }
 
-/** What a spare needs to be bound: its RAM placeholder and the socket its QEMU takes the remap on. */
-interface SpareParts {
+/** What a standby needs to be bound: its RAM placeholder and the socket its QEMU takes the remap on. */
+interface StandbyParts {
   readonly placeholder: string;
   readonly remapSocket: string;
 }

@@ -46,7 +46,7 @@ export class SpawnHelper {
   readonly #process: ResultPromise<typeof HELPER_OPTIONS>;
   readonly #starting = new Map<number, { resolve: (child: HelperChild) => void; reject: (error: Error) => void }>();
   readonly #live = new Map<number, (info: ExitInfo) => void>();
-  /** Live children that do not keep Node running (a spare machine waiting in the background). */
+  /** Live children that do not keep Node running (a standby machine waiting in the background). */
   readonly #background = new Set<number>();
   #nextId = 1;
   #dead = false;

@@ -4,7 +4,7 @@ import { ConfigInvalidError, SnapshotMismatchError } from '../errors.js';
 import { HostFunctionSet, type HostFunction, type HostFunctionSignature } from '../host/host-functions.js';
 import type { MachineConfigInput, RestoreConfig } from '../qemu/config.js';
 import { Machine, type PreparedRestore, type RestoreSource } from '../qemu/machine.js';
-import { takeSpare } from '../qemu/spare-machines.js';
+import { takeStandby } from '../qemu/standby-machines.js';
 import { checkRestorable, type RestoreShape } from '../snapshot/compatibility.js';
 import { parsePersistedExtra, type PersistedExtra } from '../snapshot/persisted-extra.js';
 import type { SnapshotManifest } from '../snapshot/store/manifest.js';
@@ -138,19 +138,19 @@ export async function prepareSandboxRestore<S extends Stage>(
 }
 
 /**
- * QEMU for a restore: a spare machine of the same shape bound to the snapshot where one is ready (see
- * spare-machines.ts), else one started for it. A spare that fails to bind is stopped and one is started instead.
+ * QEMU for a restore: a standby machine of the same shape bound to the snapshot where one is ready (see
+ * standby-machines.ts), else one started for it. A standby that fails to bind is stopped and one is started instead.
  * @throws those of {@link Machine.prepareRestore}.
  */
 async function prepareMachine(config: MachineConfigInput, source: RestoreSource, options: RestoreOptions): Promise<PreparedRestore> {
-  const spare = source.ram === 'copy' ? undefined : await takeSpare(config);
-  if (spare) {
+  const standby = source.ram === 'copy' ? undefined : await takeStandby(config);
+  if (standby) {
     try {
-      spare.bind(source, options);
-      return spare;
+      standby.bind(source, options);
+      return standby;
     } catch {
-      // The spare died or its run directory went while it waited: start QEMU for this restore instead.
-      await spare.discard();
+      // The standby died or its run directory went while it waited: start QEMU for this restore instead.
+      await standby.discard();
     }
   }
   return Machine.prepareRestore(config, source, options);

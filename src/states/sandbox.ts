@@ -13,7 +13,7 @@ import {
 } from '../errors.js';
 import type { MachineConfigInput } from '../qemu/config.js';
 import { Machine, type PreparedRestore } from '../qemu/machine.js';
-import { replenishSpares } from '../qemu/spare-machines.js';
+import { refillStandbys } from '../qemu/standby-machines.js';
 import { InVmSnapshots, type LoadedSnapshot } from '../snapshot/in-vm-snapshots.js';
 import type { Transition } from '../transitions/transition.js';
 import { withDeadline } from '../util/deadline.js';
@@ -309,7 +309,7 @@ export class Sandbox {
       return await Sandbox.startPrepared(prepared, options);
     } finally {
       // The next restore of this shape finds a QEMU waiting (started now, so that it does not slow this one).
-      replenishSpares();
+      refillStandbys();
     }
   }
 

@@ -36,7 +36,7 @@ describe('the idle-trim shim', () => {
     expect(before - later).toBeGreaterThan(48 * 1024);
   });
 
-  it('drops the trim while the process is a spare machine waiting (its remap socket exists), not after', () => {
+  it('drops the trim while the process is a standby machine waiting (its remap socket exists), not after', () => {
     const socket = join(dir, 'remap.sock');
     writeFileSync(socket, '');
     const waiting = run(idleTrimShimPath(), [], { EVOLVM_RAM_REMAP: socket });

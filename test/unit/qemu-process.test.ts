@@ -308,7 +308,7 @@ describe.each<QemuLauncher>(['zygote', 'helper'])('a Node process whose children
     expect(result.code).toBe(0);
   });
 
-  it('is not kept alive by a live child let go of the event loop (a spare machine), which dies with it', async () => {
+  it('is not kept alive by a live child let go of the event loop (a standby machine), which dies with it', async () => {
     const result = await runOwner('background', launcher);
     expect(result.code).toBe(0);
     expect(result.ms).toBeLessThan(15_000); // the child sleeps 30 s

@@ -12,7 +12,7 @@ if (mode === 'prepare') {
   await child.exited;
   console.log('done');
 } else if (mode === 'background') {
-  // A live child let go of the event loop (a spare machine) must not keep this process alive.
+  // A live child let go of the event loop (a standby machine) must not keep this process alive.
   const child = await QemuProcess.spawn('/bin/sleep', ['30'], { consoleLog: '/dev/null', stderrLog: stderrLog!, killGraceMs: 500, launcher });
   child.holdEventLoop(false);
   console.log(`pid ${child.pid}`);

@@ -224,7 +224,7 @@ export class QmpClient implements AsyncDisposable {
 
   /**
    * Whether an open connection keeps Node's event loop alive (it does by default). A QEMU kept waiting in the
-   * background (a spare machine) must not keep a program that is done from exiting.
+   * background (a standby machine) must not keep a program that is done from exiting.
    */
   holdEventLoop(hold: boolean): void {
     if (hold) this.#socket.ref();

@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { QemuStartError } from '../../src/index.js';
-import { remapRam } from '../../src/qemu/spare-bind.js';
+import { remapRam } from '../../src/qemu/standby-bind.js';
 
-const work = mkdtempSync(join(tmpdir(), 'evolvm-spare-bind-'));
+const work = mkdtempSync(join(tmpdir(), 'evolvm-standby-bind-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 /** A fake of the shim's remap listener (native/ram-remap.c): records the request, answers `reply`, closes. */
@@ -27,7 +27,7 @@ async function fakeListener(name: string, reply: string): Promise<{ path: string
   return { path, requests, server };
 }
 
-describe('remapRam (the request a spare QEMU maps a snapshot RAM image on)', () => {
+describe('remapRam (the request a standby QEMU maps a snapshot RAM image on)', () => {
   it('sends the placeholder and the image, tab-separated on one line, and resolves on ok', async () => {
     const fake = await fakeListener('ok.sock', 'ok\n');
     await remapRam(fake.path, '/dev/shm/placeholder', '/store/x/vmstate');
@@ -57,7 +57,7 @@ describe('remapRam (the request a spare QEMU maps a snapshot RAM image on)', () 
     await expect(remapRam(join(work, 'none.sock'), '/p\n', '/i')).rejects.toBeInstanceOf(QemuStartError);
   });
 
-  it('rejects when nothing listens (the spare is gone)', async () => {
+  it('rejects when nothing listens (the standby is gone)', async () => {
     await expect(remapRam(join(work, 'none.sock'), '/p', '/i')).rejects.toBeInstanceOf(QemuStartError);
   });
 });

@@ -2,16 +2,16 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { closeSpareMachines, FsSnapshotStore, KernelBooted, loadCode, loadRuntime, Machine, QemuStartError, RuntimeLoaded, sandboxOf, type Stage } from '../../src/index.js';
-import { readySparePids } from '../../src/qemu/spare-machines.js';
+import { closeStandbyMachines, FsSnapshotStore, KernelBooted, loadCode, loadRuntime, Machine, QemuStartError, RuntimeLoaded, sandboxOf, type Stage } from '../../src/index.js';
+import { readyStandbyPids } from '../../src/qemu/standby-machines.js';
 import { expectNoLeaks, qemuProcessesUnder, testRunDir } from '../helpers/leaks.js';
 
-// Spares are off for the rest of the suite (vitest.config.ts): on here, as they are by default.
-const previous = process.env.EVOLVM_QEMU_SPARE;
-process.env.EVOLVM_QEMU_SPARE = 'on';
+// Standbys are off for the rest of the suite (vitest.config.ts): on here, as they are by default.
+const previous = process.env.EVOLVM_QEMU_STANDBY;
+process.env.EVOLVM_QEMU_STANDBY = 'on';
 
-const runDir = testRunDir('spare');
-const storeDir = mkdtempSync(join(tmpdir(), 'evolvm-test-spare-store-'));
+const runDir = testRunDir('standby');
+const storeDir = mkdtempSync(join(tmpdir(), 'evolvm-test-standby-store-'));
 let store: FsSnapshotStore;
 
 /** A stage's RAM (tmpfs) and disk markers, as persist.test.ts writes them. */
@@ -30,14 +30,14 @@ async function markers(stage: Stage): Promise<{ ram: string[]; disk: string[] }>
   return { ram, disk };
 }
 
-/** Waits for a spare machine to be ready (one starts ~200 ms after a restore) and gives its QEMU pid. */
-async function spareReady(): Promise<number> {
+/** Waits for a standby machine to be ready (one starts ~200 ms after a restore) and gives its QEMU pid. */
+async function standbyReady(): Promise<number> {
   for (let i = 0; i < 200; i++) {
-    const [pid] = readySparePids();
+    const [pid] = readyStandbyPids();
     if (pid !== undefined) return pid;
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
-  throw new Error('no spare machine became ready within 5 s');
+  throw new Error('no standby machine became ready within 5 s');
 }
 
 beforeAll(async () => {
@@ -48,7 +48,7 @@ beforeAll(async () => {
     await booted.persist(store, 'booted');
     const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
     await mark(runtime, 'runtime', 1);
-    // A layer over 'booted': its disk is a qcow2 over booted's, so a spare opens a backing chain of two.
+    // A layer over 'booted': its disk is a qcow2 over booted's, so a standby opens a backing chain of two.
     await runtime.persist(store, 'runtime');
   } finally {
     await booted.close();
@@ -56,23 +56,23 @@ beforeAll(async () => {
 }, 180_000);
 
 afterAll(async () => {
-  await closeSpareMachines();
+  await closeStandbyMachines();
   await expectNoLeaks(runDir);
   rmSync(storeDir, { recursive: true, force: true });
-  if (previous === undefined) delete process.env.EVOLVM_QEMU_SPARE;
-  else process.env.EVOLVM_QEMU_SPARE = previous;
+  if (previous === undefined) delete process.env.EVOLVM_QEMU_STANDBY;
+  else process.env.EVOLVM_QEMU_STANDBY = previous;
 });
 
-describe('spare machines (a QEMU started ahead, bound to a snapshot at restore)', () => {
+describe('standby machines (a QEMU started ahead, bound to a snapshot at restore)', () => {
   it('starts one after a restore, and the next restore of that shape runs in it with the snapshot whole', async () => {
     const first = await RuntimeLoaded.fromSnapshot(store, 'runtime', { runDir });
     await first.close();
-    const sparePid = await spareReady();
+    const standbyPid = await standbyReady();
 
     const restored = await RuntimeLoaded.fromSnapshot(store, 'runtime', { runDir });
     try {
-      expect(sandboxOf(restored).machine.pid).toBe(sparePid);
-      expect(readySparePids()).not.toContain(sparePid);
+      expect(sandboxOf(restored).machine.pid).toBe(standbyPid);
+      expect(readyStandbyPids()).not.toContain(standbyPid);
       // RAM from the snapshot's image, disk from its two layers, the runtime process alive.
       expect(await markers(restored)).toEqual({ ram: ['in-ram-booted', 'in-ram-runtime'], disk: ['disk-booted', 'disk-runtime'] });
       expect((await restored.exec(['kill', '-0', String(restored.runtime.pid)])).exitCode).toBe(0);
@@ -96,25 +96,25 @@ describe('spare machines (a QEMU started ahead, bound to a snapshot at restore)'
 
   it('serves only its own shape: a restore with another machine config starts its own QEMU', async () => {
     await (await KernelBooted.fromSnapshot(store, 'booted', { runDir })).close();
-    const sparePid = await spareReady();
+    const standbyPid = await standbyReady();
     const other = await KernelBooted.fromSnapshot(store, 'booted', { runDir, bootTimeoutMs: 59_000 });
     try {
-      expect(sandboxOf(other).machine.pid).not.toBe(sparePid);
+      expect(sandboxOf(other).machine.pid).not.toBe(standbyPid);
       expect(await markers(other)).toEqual({ ram: ['in-ram-booted'], disk: ['disk-booted'] });
     } finally {
       await other.close();
     }
   });
 
-  it('falls back to a fresh QEMU when the spare died while it waited', async () => {
-    await closeSpareMachines();
+  it('falls back to a fresh QEMU when the standby died while it waited', async () => {
+    await closeStandbyMachines();
     await (await KernelBooted.fromSnapshot(store, 'booted', { runDir })).close();
-    const sparePid = await spareReady();
-    process.kill(sparePid, 'SIGKILL');
+    const standbyPid = await standbyReady();
+    process.kill(standbyPid, 'SIGKILL');
     await new Promise((resolve) => setTimeout(resolve, 100));
     const restored = await KernelBooted.fromSnapshot(store, 'booted', { runDir });
     try {
-      expect(sandboxOf(restored).machine.pid).not.toBe(sparePid);
+      expect(sandboxOf(restored).machine.pid).not.toBe(standbyPid);
       expect(await markers(restored)).toEqual({ ram: ['in-ram-booted'], disk: ['disk-booted'] });
     } finally {
       await restored.close();
@@ -122,34 +122,34 @@ describe('spare machines (a QEMU started ahead, bound to a snapshot at restore)'
   });
 
   it('a bind refused by QEMU (a RAM image smaller than RAM) is a typed error and leaves nothing', async () => {
-    await closeSpareMachines();
+    await closeStandbyMachines();
     const before = qemuProcessesUnder(runDir).length;
-    const spare = await Machine.prepareSpare({ runDir });
+    const standby = await Machine.prepareStandby({ runDir });
     const small = join(storeDir, 'small.img');
     writeFileSync(small, Buffer.alloc(4096));
     const { paths } = await store.get('booted');
-    spare.bind({ ramImage: small, deviceStateOffset: 4096, diskLayer: paths.disk });
-    const error = await spare.start().catch((e: unknown) => e);
+    standby.bind({ ramImage: small, deviceStateOffset: 4096, diskLayer: paths.disk });
+    const error = await standby.start().catch((e: unknown) => e);
     expect(error).toBeInstanceOf(QemuStartError);
     expect((error as Error).message).toMatch(/holds 4096 bytes/);
     for (let i = 0; i < 50 && qemuProcessesUnder(runDir).length > before; i++) await new Promise((resolve) => setTimeout(resolve, 20));
     expect(qemuProcessesUnder(runDir)).toHaveLength(before);
   });
 
-  it('does not start one with EVOLVM_QEMU_SPARE=off, and closeSpareMachines stops them all', async () => {
-    await closeSpareMachines();
-    process.env.EVOLVM_QEMU_SPARE = 'off';
+  it('does not start one with EVOLVM_QEMU_STANDBY=off, and closeStandbyMachines stops them all', async () => {
+    await closeStandbyMachines();
+    process.env.EVOLVM_QEMU_STANDBY = 'off';
     try {
       await (await KernelBooted.fromSnapshot(store, 'booted', { runDir })).close();
       await new Promise((resolve) => setTimeout(resolve, 600));
-      expect(readySparePids()).toEqual([]);
+      expect(readyStandbyPids()).toEqual([]);
     } finally {
-      process.env.EVOLVM_QEMU_SPARE = 'on';
+      process.env.EVOLVM_QEMU_STANDBY = 'on';
     }
     await (await KernelBooted.fromSnapshot(store, 'booted', { runDir })).close();
-    const pid = await spareReady();
-    await closeSpareMachines();
-    expect(readySparePids()).toEqual([]);
+    const pid = await standbyReady();
+    await closeStandbyMachines();
+    expect(readyStandbyPids()).toEqual([]);
     for (let i = 0; i < 50 && qemuProcessesUnder(runDir).some((line) => line.startsWith(`${pid} `)); i++) await new Promise((resolve) => setTimeout(resolve, 20));
     expect(qemuProcessesUnder(runDir).filter((line) => line.startsWith(`${pid} `))).toEqual([]);
     expect(readdirSync(runDir)).toEqual([]);

@@ -3,19 +3,19 @@ import { QemuStartError } from '../errors.js';
 import { DATA_NODE } from './argv.js';
 import type { QmpClient } from './qmp/index.js';
 
-// A spare machine is a QEMU started ahead of need for no snapshot in particular (Machine.prepareSpare): its RAM
+// A standby machine is a QEMU started ahead of need for no snapshot in particular (Machine.prepareStandby): its RAM
 // maps an empty placeholder and its data disk is an overlay with no backing. Binding it to a snapshot gives it
 // the snapshot's RAM image and disk layer before the device state is loaded, as if it had been started for it.
 
-/** The node name of the data disk's file node in a spare (argv's dataFileNode), named for the reopen. */
-export const SPARE_DATA_FILE_NODE = 'data0-file';
-/** The node name a bound spare's disk layer (the snapshot's qcow2, read-only, with its own backing chain) gets. */
+/** The node name of the data disk's file node in a standby (argv's dataFileNode), named for the reopen. */
+export const STANDBY_DATA_FILE_NODE = 'data0-file';
+/** The node name a bound standby's disk layer (the snapshot's qcow2, read-only, with its own backing chain) gets. */
 const LAYER_NODE = 'layer0';
 /** A remap is a file open and one mmap; the bound only guards against a QEMU that stopped answering. */
 const REMAP_TIMEOUT_MS = 5_000;
 
 /**
- * Asks the spare's QEMU (native/ram-remap.c, listening on `socketPath`) to map `image` privately over its RAM,
+ * Asks the standby's QEMU (native/ram-remap.c, listening on `socketPath`) to map `image` privately over its RAM,
  * the mapping of `placeholder`, at the same address.
  * @throws {QemuStartError} when the remap is refused or its socket does not answer in time.
  */
@@ -50,7 +50,7 @@ export function remapRam(socketPath: string, placeholder: string, image: string)
 }
 
 /**
- * Gives the spare's data disk (an overlay with no backing, node DATA_NODE, still inactive: QEMU waits for a device
+ * Gives the standby's data disk (an overlay with no backing, node DATA_NODE, still inactive: QEMU waits for a device
  * state) `layer` as its backing. The overlay's file is rewritten as a fresh overlay over `layer` (what a restore
  * creates), the layer opened read-only with its own backing chain, and the overlay node reopened over it. QEMU
  * reads nothing of an inactive image's metadata that it does not read again when the migration activates it (as
@@ -69,7 +69,7 @@ export async function attachDiskLayer(
     qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': LAYER_NODE, 'read-only': true, file: { driver: 'file', filename: layer, 'read-only': true } }, bounds),
     // Every option of the node is given again: a reopen resets those left out. These are argv's -drive options.
     qmp.execute('blockdev-reopen', {
-      options: [{ driver: 'qcow2', 'node-name': DATA_NODE, file: SPARE_DATA_FILE_NODE, backing: LAYER_NODE, discard: 'unmap', cache: { direct: false, 'no-flush': true } }],
+      options: [{ driver: 'qcow2', 'node-name': DATA_NODE, file: STANDBY_DATA_FILE_NODE, backing: LAYER_NODE, discard: 'unmap', cache: { direct: false, 'no-flush': true } }],
     }, bounds),
   ]);
 }
