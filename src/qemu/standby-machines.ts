@@ -15,6 +15,9 @@ const MAX_SHAPES = 2;
  */
 const QUIET_MS = 200;
 let quietTimer: NodeJS.Timeout | undefined;
+/** Settles when the pending quiet period has passed (resolved at once when none is pending). */
+let quietOver: Promise<void> = Promise.resolve();
+let endQuiet: (() => void) | undefined;
 
 const standbys = new Map<string, Promise<PreparedRestore | undefined>>();
 /** The standbys whose QEMU is up and waiting (a restore does not wait for one still starting: it starts its own). */
@@ -38,7 +41,9 @@ function keyOf(config: MachineConfig): string {
  */
 export async function takeStandby(input: MachineConfigInput): Promise<PreparedRestore | undefined> {
   if (!enabled()) return undefined;
+  // A restore is starting: the standbys wait until restores are quiet again (refillStandbys after it).
   clearTimeout(quietTimer);
+  finishQuiet();
   const config = parseMachineConfig(input);
   const key = keyOf(config);
   wanted.delete(key);
@@ -62,10 +67,32 @@ export async function takeStandby(input: MachineConfigInput): Promise<PreparedRe
 export function refillStandbys(): void {
   if (!enabled()) return;
   clearTimeout(quietTimer);
+  if (!endQuiet) quietOver = new Promise((resolve) => (endQuiet = resolve));
   quietTimer = setTimeout(startMissingStandbys, QUIET_MS).unref();
 }
 
+/**
+ * Resolves once no standby is about to start or starting: for a caller that times something else and does not
+ * want a standby's start (~30 ms of CPU, and page faults) inside it, as the benchmarks' cold boots.
+ */
+export async function standbysSettled(): Promise<void> {
+  for (;;) {
+    // The timer does not hold Node's event loop by itself (a program that is done must not wait for it); one that
+    // waits for it here does.
+    if (endQuiet) quietTimer?.ref();
+    await quietOver;
+    await Promise.all(standbys.values());
+    if (!endQuiet) return;
+  }
+}
+
+function finishQuiet(): void {
+  endQuiet?.();
+  endQuiet = undefined;
+}
+
 function startMissingStandbys(): void {
+  finishQuiet();
   const recent = [...wanted.entries()].reverse().slice(0, MAX_SHAPES);
   for (const [key] of [...standbys.entries()].filter(([key]) => !recent.some(([wantedKey]) => wantedKey === key))) {
     void discardEntry(standbys.get(key));
@@ -93,6 +120,7 @@ function startMissingStandbys(): void {
 /** Stops every standby machine and forgets the wanted shapes (until the next restore). */
 export async function closeStandbyMachines(): Promise<void> {
   clearTimeout(quietTimer);
+  finishQuiet();
   const entries = [...standbys.values()];
   standbys.clear();
   ready.clear();

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeStandbyMachines, FsSnapshotStore, KernelBooted, loadCode, loadRuntime, Machine, QemuStartError, RuntimeLoaded, sandboxOf, type Stage } from '../../src/index.js';
-import { readyStandbyPids } from '../../src/qemu/standby-machines.js';
+import { readyStandbyPids, standbysSettled } from '../../src/qemu/standby-machines.js';
 import { expectNoLeaks, qemuProcessesUnder, testRunDir } from '../helpers/leaks.js';
 
 // Standbys are off for the rest of the suite (vitest.config.ts): on here, as they are by default.
@@ -30,14 +30,13 @@ async function markers(stage: Stage): Promise<{ ram: string[]; disk: string[] }>
   return { ram, disk };
 }
 
-/** Waits for a standby machine to be ready (one starts ~200 ms after a restore) and gives its QEMU pid. */
+/** Waits for the standby machine a restore asked for (it starts 200 ms after it) and gives its QEMU pid. */
 async function standbyReady(): Promise<number> {
-  for (let i = 0; i < 200; i++) {
-    const [pid] = readyStandbyPids();
-    if (pid !== undefined) return pid;
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-  throw new Error('no standby machine became ready within 5 s');
+  expect(readyStandbyPids()).toEqual([]); // not yet: restores were not quiet for long enough
+  await standbysSettled();
+  const pids = readyStandbyPids();
+  expect(pids).toHaveLength(1);
+  return pids[0]!;
 }
 
 beforeAll(async () => {
