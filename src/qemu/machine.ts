@@ -165,33 +165,18 @@ export class Machine implements AsyncDisposable {
    * @throws the errors of {@link prepareRestore}; {@link QemuStartError} where no zygote can start it.
    */
   static async prepareStandby(input: MachineConfigInput, options: BootOptions = {}): Promise<PreparedRestore> {
-    const config = parseMachineConfig(input);
-    const image = resolveGuestImage(config.kernel, config.initrd);
-    const userMaps = resolveUserMaps(config.maps, config.machine);
-    const cleanup = new CleanupStack();
-    try {
-      const paths = await prepareRunDir(config, cleanup);
+    return prepareIncoming(input, options, undefined, (parts) => new Machine(parts), async (config, paths, cleanup) => {
       const placeholder = paths.ramFile;
       cleanup.defer('ram placeholder', () => rm(placeholder, { force: true }));
       await writeFile(placeholder, '');
       await truncate(placeholder, config.memoryMiB * 1024 * 1024);
       const remapSocket = join(paths.dir, 'remap.sock');
-      const process = await spawnQemu(config, image, userMaps, paths, cleanup, {
-        incoming: true,
-        ram: { path: placeholder, share: false },
-        dataFileNode: STANDBY_DATA_FILE_NODE,
-        env: { EVOLVM_RAM_REMAP: remapSocket },
-        launcher: 'zygote',
-      });
-      await writeRunDirRecord(paths.dir, process.pid);
-      const qmp = await raceExit(process, 'standby start', QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal: options.signal }));
-      cleanup.defer('qmp', () => qmp.close());
-      const standby = { placeholder, remapSocket };
-      return new PreparedRestore({ config, image, userMaps, paths, ramShared: false, process, cleanup, qmp }, undefined, (parts) => new Machine(parts), standby);
-    } catch (error) {
-      await cleanup.dispose();
-      throw error;
-    }
+      return {
+        launch: { incoming: true, ram: { path: placeholder, share: false }, dataFileNode: STANDBY_DATA_FILE_NODE, env: { EVOLVM_RAM_REMAP: remapSocket }, launcher: 'zygote' },
+        ramShared: false,
+        standby: { placeholder, remapSocket },
+      };
+    });
   }
 
   /**
@@ -201,29 +186,14 @@ export class Machine implements AsyncDisposable {
    * @throws the errors of {@link boot} (QEMU missing, exiting at start-up, an invalid config, the signal).
    */
   static async prepareRestore(input: MachineConfigInput, source: RestoreSource, options: BootOptions = {}): Promise<PreparedRestore> {
-    const config = parseMachineConfig(input);
-    const image = resolveGuestImage(config.kernel, config.initrd);
-    const userMaps = resolveUserMaps(config.maps, config.machine);
-    const cleanup = new CleanupStack();
-    try {
-      const paths = await prepareRunDir(config, cleanup, source.diskLayer);
+    return prepareIncoming(input, options, source.diskLayer, (parts) => new Machine(parts), async (config, paths, cleanup) => {
       const copy = source.ram === 'copy';
       if (copy) {
         cleanup.defer('ram file', () => rm(paths.ramFile, { force: true }));
         await step('RAM image → RAM file', () => saveRamImage(source.ramImage, paths.ramFile, config.memoryMiB * 1024 * 1024));
       }
-      const ram = copy ? { path: paths.ramFile, share: true } : { path: source.ramImage, share: false };
-      const process = await step('spawn', () => spawnQemu(config, image, userMaps, paths, cleanup, { incoming: true, ram }));
-      await step('run dir record', () => writeRunDirRecord(paths.dir, process.pid));
-      const qmp = await step('qemu → qmp', () =>
-        raceExit(process, 'restore', QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal: options.signal })),
-      );
-      cleanup.defer('qmp', () => qmp.close());
-      return new PreparedRestore({ config, image, userMaps, paths, ramShared: copy, process, cleanup, qmp }, source, (parts) => new Machine(parts));
-    } catch (error) {
-      await cleanup.dispose();
-      throw error;
-    }
+      return { launch: { incoming: true, ram: copy ? { path: paths.ramFile, share: true } : { path: source.ramImage, share: false } }, ramShared: copy, source };
+    });
   }
 
   /** The agent session (advanced use: the snapshot layer resyncs it after a restore). */
@@ -424,6 +394,45 @@ export class Machine implements AsyncDisposable {
   }
 }
 
+/** How a QEMU waiting for a device state is started: a restore's (with its source) or a standby's. */
+interface IncomingPlan {
+  readonly launch: SpawnChoices & { incoming: true };
+  readonly ramShared: boolean;
+  readonly source?: RestoreSource;
+  readonly standby?: StandbyParts;
+}
+
+/**
+ * The steps a restore and a standby machine share: run directory and disks, `plan` (its RAM), QEMU started to
+ * wait for a device state, QMP connected. A failure at any step undoes the ones before.
+ */
+async function prepareIncoming(
+  input: MachineConfigInput,
+  options: BootOptions,
+  diskLayer: string | undefined,
+  make: (parts: MachineParts) => Machine,
+  plan: (config: MachineConfig, paths: RunPaths, cleanup: CleanupStack) => Promise<IncomingPlan>,
+): Promise<PreparedRestore> {
+  const config = parseMachineConfig(input);
+  const image = resolveGuestImage(config.kernel, config.initrd);
+  const userMaps = resolveUserMaps(config.maps, config.machine);
+  const cleanup = new CleanupStack();
+  try {
+    const paths = await prepareRunDir(config, cleanup, diskLayer);
+    const { launch, ramShared, source, standby } = await plan(config, paths, cleanup);
+    const process = await step('spawn', () => spawnQemu(config, image, userMaps, paths, cleanup, launch));
+    await step('run dir record', () => writeRunDirRecord(paths.dir, process.pid));
+    const qmp = await step('qemu → qmp', () =>
+      raceExit(process, 'restore', QmpClient.connect(paths.qmpSocket, { timeoutMs: config.bootTimeoutMs, signal: options.signal })),
+    );
+    cleanup.defer('qmp', () => qmp.close());
+    return new PreparedRestore({ config, image, userMaps, paths, ramShared, process, cleanup, qmp }, source, make, standby);
+  } catch (error) {
+    await cleanup.dispose();
+    throw error;
+  }
+}
+
 /** The run directory with its two disks; the data disk is an overlay over `diskLayer` when restoring. */
 async function prepareRunDir(config: MachineConfig, cleanup: CleanupStack, diskLayer?: string): Promise<RunPaths> {
   const paths = await step('run directory', () => createRunDir(config, cleanup));
@@ -445,13 +454,16 @@ async function createRunDir(config: MachineConfig, cleanup: CleanupStack): Promi
   return runPaths(dir);
 }
 
+/** What differs between QEMUs started for a boot, a restore and a standby machine. */
+type SpawnChoices = Pick<QemuLaunch, 'incoming' | 'ram' | 'dataFileNode'> & Pick<QemuSpawnOptions, 'env' | 'launcher'>;
+
 async function spawnQemu(
   config: MachineConfig,
   image: GuestImage,
   userMaps: readonly UserMap[],
   paths: RunPaths,
   cleanup: CleanupStack,
-  restore: Pick<QemuLaunch, 'incoming' | 'ram' | 'dataFileNode'> & Pick<QemuSpawnOptions, 'env' | 'launcher'>,
+  restore: SpawnChoices,
 ): Promise<QemuProcess> {
   const argv = buildQemuArgv({
     config,

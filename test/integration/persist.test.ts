@@ -24,6 +24,7 @@ import {
 } from '../../src/index.js';
 import { parseRestoreConfig } from '../../src/qemu/config.js';
 import { expectNoLeaks, qemuProcessesUnder, testRunDir } from '../helpers/leaks.js';
+import { markStage as markStageAt, stageMarkers } from '../helpers/stage-markers.js';
 
 const runDir = testRunDir('persist');
 const storeDir = mkdtempSync(join(tmpdir(), 'evolvm-test-store-'));
@@ -55,19 +56,9 @@ afterAll(async () => {
   rmSync(storeDir, { recursive: true, force: true });
 });
 
-async function markStage(stage: Stage, name: string): Promise<void> {
-  await stage.writeFile(`/tmp/in-ram-${name}`, name);
-  await stage.exec(['sh', '-c', `echo disk-${name} | dd of=/dev/vda bs=512 seek=${['booted', 'runtime', 'code'].indexOf(name)} count=1 conv=notrunc 2>/dev/null`]);
-}
-
-async function markers(stage: Stage): Promise<{ ram: string[]; disk: string[] }> {
-  const ram = (await stage.exec(['sh', '-c', 'ls /tmp | grep in-ram- || true'])).stdout.split('\n').filter(Boolean).sort();
-  const disk: string[] = [];
-  for (let sector = 0; sector < 3; sector++) {
-    const text = (await stage.exec(['sh', '-c', `dd if=/dev/vda bs=512 skip=${sector} count=1 2>/dev/null | tr -d '\\000' | head -n 1`])).stdout.trim();
-    if (text) disk.push(text);
-  }
-  return { ram, disk };
+/** The stages' markers, each on its own disk sector. */
+function markStage(stage: Stage, name: string): Promise<void> {
+  return markStageAt(stage, name, ['booted', 'runtime', 'code'].indexOf(name));
 }
 
 /** A copy of snapshot `ref` in a store of its own, whose manifest says it was made by QEMU 1.0.0. */
@@ -98,7 +89,7 @@ describe('persisted stages restore in a new QEMU process with identical state', 
     const booted = await KernelBooted.fromSnapshot(store, 'booted', { runDir }, { hostFunctions: [echo] });
     try {
       expect(booted).toBeInstanceOf(KernelBooted);
-      expect(await markers(booted)).toEqual({ ram: ['in-ram-booted'], disk: ['disk-booted'] });
+      expect(await stageMarkers(booted)).toEqual({ ram: ['in-ram-booted'], disk: ['disk-booted'] });
     } finally {
       await booted.close();
     }
@@ -110,7 +101,7 @@ describe('persisted stages restore in a new QEMU process with identical state', 
       expect(runtime.lineage).toEqual(['KernelBooted', 'RuntimeLoaded']);
       expect(runtime.runtime.kind).toBe('shell');
       expect((await runtime.exec(['kill', '-0', String(runtime.runtime.pid)])).exitCode).toBe(0);
-      expect(await markers(runtime)).toEqual({ ram: ['in-ram-booted', 'in-ram-runtime'], disk: ['disk-booted', 'disk-runtime'] });
+      expect(await stageMarkers(runtime)).toEqual({ ram: ['in-ram-booted', 'in-ram-runtime'], disk: ['disk-booted', 'disk-runtime'] });
     } finally {
       await runtime.close();
     }
@@ -120,7 +111,7 @@ describe('persisted stages restore in a new QEMU process with identical state', 
     const code = await UserCodeLoaded.fromSnapshot(store, 'code', { runDir }, { hostFunctions: [echo] });
     try {
       expect(await code.call('hello', 'again')).toBe('hello again\n');
-      expect(await markers(code)).toEqual({ ram: ['in-ram-booted', 'in-ram-code', 'in-ram-runtime'], disk: ['disk-booted', 'disk-runtime', 'disk-code'] });
+      expect(await stageMarkers(code)).toEqual({ ram: ['in-ram-booted', 'in-ram-code', 'in-ram-runtime'], disk: ['disk-booted', 'disk-runtime', 'disk-code'] });
       // Guest time is the host's, not the snapshot's.
       expect(Math.abs(Number((await code.exec(['date', '+%s'])).stdout) - Date.now() / 1000)).toBeLessThan(5);
     } finally {
@@ -211,7 +202,7 @@ describe('layering on a warm-started sandbox', () => {
       await code.writeFile('/tmp/in-ram-layer', 'layer');
       // In-VM snapshots work as on a booted sandbox: back to the restored stage and forward again.
       const back = await code.devolve();
-      expect((await markers(back)).ram).toEqual(['in-ram-booted', 'in-ram-runtime']);
+      expect((await stageMarkers(back)).ram).toEqual(['in-ram-booted', 'in-ram-runtime']);
       const again = await back.evolve(loadCode('layer() { echo "layer $1"; }'));
       await markStage(again, 'code');
       const info = await again.persist(store, 'layered-code');
@@ -223,7 +214,7 @@ describe('layering on a warm-started sandbox', () => {
     const restored = await UserCodeLoaded.fromSnapshot(store, layered, { runDir }, { hostFunctions: [echo] });
     try {
       expect(await restored.call('layer', 'two')).toBe('layer two\n');
-      expect(await markers(restored)).toEqual({ ram: ['in-ram-booted', 'in-ram-code', 'in-ram-runtime'], disk: ['disk-booted', 'disk-runtime', 'disk-code'] });
+      expect(await stageMarkers(restored)).toEqual({ ram: ['in-ram-booted', 'in-ram-code', 'in-ram-runtime'], disk: ['disk-booted', 'disk-runtime', 'disk-code'] });
     } finally {
       await restored.close();
     }
@@ -396,7 +387,7 @@ describe('tampered snapshots', () => {
         expect(code.lineage).toEqual(['KernelBooted', 'RuntimeLoaded', 'UserCodeLoaded']);
         // What the transitions made is back; what was done by hand after them is not (it was never recorded).
         expect(await code.call('hello', 'replay')).toBe('hello replay\n');
-        expect((await markers(code)).ram).toEqual([]);
+        expect((await stageMarkers(code)).ram).toEqual([]);
       } finally {
         await code.close();
       }

@@ -2,9 +2,10 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { closeStandbyMachines, FsSnapshotStore, KernelBooted, loadCode, loadRuntime, Machine, QemuStartError, RuntimeLoaded, sandboxOf, type Stage } from '../../src/index.js';
+import { closeStandbyMachines, FsSnapshotStore, KernelBooted, loadCode, loadRuntime, Machine, QemuStartError, RuntimeLoaded, sandboxOf } from '../../src/index.js';
 import { readyStandbyPids, standbysSettled } from '../../src/qemu/standby-machines.js';
 import { expectNoLeaks, qemuProcessesUnder, testRunDir } from '../helpers/leaks.js';
+import { markStage, stageMarkers } from '../helpers/stage-markers.js';
 
 // Standbys are off for the rest of the suite (vitest.config.ts): on here, as they are by default.
 const previous = process.env.EVOLVM_QEMU_STANDBY;
@@ -13,22 +14,6 @@ process.env.EVOLVM_QEMU_STANDBY = 'on';
 const runDir = testRunDir('standby');
 const storeDir = mkdtempSync(join(tmpdir(), 'evolvm-test-standby-store-'));
 let store: FsSnapshotStore;
-
-/** A stage's RAM (tmpfs) and disk markers, as persist.test.ts writes them. */
-async function mark(stage: Stage, name: string, sector: number): Promise<void> {
-  await stage.writeFile(`/tmp/in-ram-${name}`, name);
-  await stage.exec(['sh', '-c', `echo disk-${name} | dd of=/dev/vda bs=512 seek=${sector} count=1 conv=notrunc 2>/dev/null`]);
-}
-
-async function markers(stage: Stage): Promise<{ ram: string[]; disk: string[] }> {
-  const ram = (await stage.exec(['sh', '-c', 'ls /tmp | grep in-ram- || true'])).stdout.split('\n').filter(Boolean).sort();
-  const disk: string[] = [];
-  for (let sector = 0; sector < 2; sector++) {
-    const text = (await stage.exec(['sh', '-c', `dd if=/dev/vda bs=512 skip=${sector} count=1 2>/dev/null | tr -d '\\000' | head -n 1`])).stdout.trim();
-    if (text) disk.push(text);
-  }
-  return { ram, disk };
-}
 
 /** Waits for the standby machine a restore asked for (it starts 200 ms after it) and gives its QEMU pid. */
 async function standbyReady(): Promise<number> {
@@ -43,10 +28,10 @@ beforeAll(async () => {
   store = await FsSnapshotStore.open(storeDir);
   const booted = await KernelBooted.boot({ runDir });
   try {
-    await mark(booted, 'booted', 0);
+    await markStage(booted, 'booted', 0);
     await booted.persist(store, 'booted');
     const runtime = await booted.evolve(loadRuntime({ kind: 'shell' }));
-    await mark(runtime, 'runtime', 1);
+    await markStage(runtime, 'runtime', 1);
     // A layer over 'booted': its disk is a qcow2 over booted's, so a standby opens a backing chain of two.
     await runtime.persist(store, 'runtime');
   } finally {
@@ -73,7 +58,7 @@ describe('standby machines (a QEMU started ahead, bound to a snapshot at restore
       expect(sandboxOf(restored).machine.pid).toBe(standbyPid);
       expect(readyStandbyPids()).not.toContain(standbyPid);
       // RAM from the snapshot's image, disk from its two layers, the runtime process alive.
-      expect(await markers(restored)).toEqual({ ram: ['in-ram-booted', 'in-ram-runtime'], disk: ['disk-booted', 'disk-runtime'] });
+      expect(await stageMarkers(restored)).toEqual({ ram: ['in-ram-booted', 'in-ram-runtime'], disk: ['disk-booted', 'disk-runtime'] });
       expect((await restored.exec(['kill', '-0', String(restored.runtime.pid)])).exitCode).toBe(0);
       // Its own identity, the host's clock.
       expect(restored.sandboxId).not.toBe(first.sandboxId);
@@ -85,7 +70,7 @@ describe('standby machines (a QEMU started ahead, bound to a snapshot at restore
       await code.writeFile('/tmp/in-ram-later', 'x');
       await code.exec(['sh', '-c', 'echo disk-later | dd of=/dev/vda bs=512 seek=1 count=1 conv=notrunc 2>/dev/null']);
       const back = await code.devolve();
-      expect(await markers(back)).toEqual({ ram: ['in-ram-booted', 'in-ram-runtime'], disk: ['disk-booted', 'disk-runtime'] });
+      expect(await stageMarkers(back)).toEqual({ ram: ['in-ram-booted', 'in-ram-runtime'], disk: ['disk-booted', 'disk-runtime'] });
     } finally {
       await restored.close();
     }
@@ -99,7 +84,7 @@ describe('standby machines (a QEMU started ahead, bound to a snapshot at restore
     const other = await KernelBooted.fromSnapshot(store, 'booted', { runDir, bootTimeoutMs: 59_000 });
     try {
       expect(sandboxOf(other).machine.pid).not.toBe(standbyPid);
-      expect(await markers(other)).toEqual({ ram: ['in-ram-booted'], disk: ['disk-booted'] });
+      expect(await stageMarkers(other)).toEqual({ ram: ['in-ram-booted'], disk: ['disk-booted'] });
     } finally {
       await other.close();
     }
@@ -114,7 +99,7 @@ describe('standby machines (a QEMU started ahead, bound to a snapshot at restore
     const restored = await KernelBooted.fromSnapshot(store, 'booted', { runDir });
     try {
       expect(sandboxOf(restored).machine.pid).not.toBe(standbyPid);
-      expect(await markers(restored)).toEqual({ ram: ['in-ram-booted'], disk: ['disk-booted'] });
+      expect(await stageMarkers(restored)).toEqual({ ram: ['in-ram-booted'], disk: ['disk-booted'] });
     } finally {
       await restored.close();
     }
