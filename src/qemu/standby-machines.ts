@@ -1,5 +1,8 @@
+import { fileIdentity } from '../util/file-cache.js';
 import { parseMachineConfig, type MachineConfig, type MachineConfigInput } from './config.js';
+import { resolveGuestImage } from './guest-image.js';
 import { Machine, type PreparedRestore } from './machine.js';
+import { resolveExecutable } from './resolve-executable.js';
 
 // Standby machines: after a restore, one QEMU of the same shape is started in the background and left waiting for
 // a device state, for no snapshot in particular. The next restore of that shape binds it to its snapshot
@@ -31,8 +34,20 @@ function enabled(): boolean {
   return process.env.EVOLVM_QEMU_STANDBY !== 'off';
 }
 
-function keyOf(config: MachineConfig): string {
-  return JSON.stringify(config);
+/**
+ * A shape: the whole machine config, and the identity (path, size, mtime, inode) of every file a standby's QEMU
+ * opened at its start (QEMU binary, kernel, initramfs, runtimes map, user maps). A file replaced since is another
+ * shape: the standby would still read the old one, which the restore's checks (made on the paths) never saw.
+ * Undefined when a file cannot be read: no standby then (the restore itself says why).
+ */
+function keyOf(config: MachineConfig): string | undefined {
+  try {
+    const image = resolveGuestImage(config.kernel, config.initrd);
+    const files = [resolveExecutable(config.qemuBinary), image.kernel, image.initrd, ...(image.maps ? [image.maps] : []), ...Object.values(config.maps)];
+    return JSON.stringify([config, files.map(fileIdentity)]);
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -46,6 +61,7 @@ export async function takeStandby(input: MachineConfigInput): Promise<PreparedRe
   finishQuiet();
   const config = parseMachineConfig(input);
   const key = keyOf(config);
+  if (key === undefined) return undefined;
   wanted.delete(key);
   wanted.set(key, config);
   const standby = ready.get(key);

@@ -1,4 +1,5 @@
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -87,6 +88,38 @@ describe('standby machines (a QEMU started ahead, bound to a snapshot at restore
       expect(await stageMarkers(other)).toEqual({ ram: ['in-ram-booted'], disk: ['disk-booted'] });
     } finally {
       await other.close();
+    }
+  });
+
+  it('is not used once a file its QEMU opened was replaced (a map), though the path and the content match', async () => {
+    await closeStandbyMachines();
+    const maps = mkdtempSync(join(tmpdir(), 'evolvm-test-standby-maps-'));
+    try {
+      mkdirSync(join(maps, 'tree'));
+      writeFileSync(join(maps, 'tree', 'hello.txt'), 'from the map');
+      execFileSync('mksquashfs', [join(maps, 'tree'), join(maps, 'm.sqfs'), '-noappend', '-quiet', '-no-progress', '-all-root']);
+      const config = { runDir, maps: { m: join(maps, 'm.sqfs') } };
+      const booted = await KernelBooted.boot(config);
+      try {
+        await booted.persist(store, 'with-map');
+      } finally {
+        await booted.close();
+      }
+      await (await KernelBooted.fromSnapshot(store, 'with-map', config)).close();
+      const standbyPid = await standbyReady();
+      // The same bytes under the same path, as a new file: the standby's QEMU holds the old one open.
+      copyFileSync(join(maps, 'm.sqfs'), join(maps, 'm.new'));
+      renameSync(join(maps, 'm.new'), join(maps, 'm.sqfs'));
+      const restored = await KernelBooted.fromSnapshot(store, 'with-map', config);
+      try {
+        expect(sandboxOf(restored).machine.pid).not.toBe(standbyPid);
+        expect((await restored.readFile('/maps/m/hello.txt')).toString()).toBe('from the map');
+      } finally {
+        await restored.close();
+      }
+    } finally {
+      await closeStandbyMachines();
+      rmSync(maps, { recursive: true, force: true });
     }
   });
 
