@@ -506,11 +506,6 @@ export class PreparedRestore {
     this.#standby = standby;
   }
 
-  /** The machine's resolved config (a standby is bound only to snapshots of the same shape). */
-  get config(): MachineConfig {
-    return this.#parts.config;
-  }
-
   /** Whether its QMP connection keeps Node's event loop alive (see QmpClient.holdEventLoop). */
   holdEventLoop(hold: boolean): void {
     this.#parts.qmp.holdEventLoop(hold);

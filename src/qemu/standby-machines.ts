@@ -25,7 +25,7 @@ let endQuiet: (() => void) | undefined;
 const standbys = new Map<string, Promise<PreparedRestore | undefined>>();
 /** The standbys whose QEMU is up and waiting (a restore does not wait for one still starting: it starts its own). */
 const ready = new Map<string, PreparedRestore>();
-/** Shapes a restore asked for, in the order asked: replenish() starts a standby for each that has none. */
+/** Shapes a restore asked for, in the order asked: refillStandbys starts a standby for each that has none. */
 const wanted = new Map<string, MachineConfig>();
 /** Shapes whose standby could not start (no zygote, QEMU refused): not tried again in this process. */
 const failed = new Set<string>();
