@@ -19,6 +19,8 @@ export const ratios: readonly Ratio[] = [
   // cold and warm samples taken alternately, so that the host's phase (which drifts by tens of % within a run
   // here) moves both alike.
   { name: 'warm-start-speedup', unit: 'x', target: { op: '>=', value: 15 }, numerator: 'cold-boot-paired', denominator: 'warm-start' },
+  // The same without a standby machine (QEMU started for the restore): informational.
+  { name: 'warm-start-speedup-no-standby', unit: 'x', numerator: 'cold-boot-paired', denominator: 'warm-start-no-standby' },
   // The same with QEMU started ahead of need (a warm pool): informational, the target is for warm-start.
   { name: 'warm-start-speedup-pooled', unit: 'x', numerator: 'cold-boot', denominator: 'warm-start-pooled' },
   { name: 'warm-start-speedup-runtime', unit: 'x', target: { op: '>=', value: 15 }, numerator: 'cold-boot-runtime', denominator: 'warm-start-runtime' },

@@ -9,6 +9,7 @@ const snapshotSizeRatio: Metric = { name: 'snapshot-size-ratio', unit: 'x', targ
 const warmStart: Metric = { name: 'warm-start', unit: 'ms' };
 const warmStartAfterPersist: Metric = { name: 'warm-start-after-persist', unit: 'ms' };
 const coldBootPaired: Metric = { name: 'cold-boot-paired', unit: 'ms' };
+const warmStartNoStandby: Metric = { name: 'warm-start-no-standby', unit: 'ms' };
 const warmStartPooled: Metric = { name: 'warm-start-pooled', unit: 'ms' };
 const fork16: Metric = { name: 'fork-16', unit: 'ms', target: { op: '<=', value: 3_000 } };
 const forkPss: Metric = { name: 'fork-pss', unit: 'MiB', target: { op: '<=', value: 40 } };
@@ -38,9 +39,9 @@ const TEMPLATE = 'kb';
  * The template `kb` is the first persist and is not timed (it warms the store and the page cache).
  */
 export const persistenceGroup: BenchGroup = {
-  metrics: [persist, snapshotSizeRatio, warmStart, coldBootPaired, warmStartAfterPersist, warmStartPooled, fork16, forkPss],
+  metrics: [persist, snapshotSizeRatio, warmStart, coldBootPaired, warmStartNoStandby, warmStartAfterPersist, warmStartPooled, fork16, forkPss],
   async run({ runs, runDir, signal, log, wants }) {
-    const samples = { persist: [] as number[], size: [] as number[], warm: [] as number[], coldPaired: [] as number[], afterPersist: [] as number[], pooled: [] as number[], fork: [] as number[], pss: [] as number[] };
+    const samples = { persist: [] as number[], size: [] as number[], warm: [] as number[], coldPaired: [] as number[], noStandby: [] as number[], afterPersist: [] as number[], pooled: [] as number[], fork: [] as number[], pss: [] as number[] };
     const bench = await openBenchStore();
     try {
       const { store } = bench;
@@ -97,7 +98,16 @@ export const persistenceGroup: BenchGroup = {
           samples.coldPaired.push(since(start));
           await booted.close();
           samples.warm.push(await timedWarmStart(store, runDir, signal));
-          log(`warm-start ${i}/${n}: cold boot ${ms(samples.coldPaired.at(-1)!)} / warm ${ms(samples.warm.at(-1)!)} ms`);
+          if (wants(warmStartNoStandby.name)) {
+            // The same restore with QEMU started for it, as without standby machines (the first restore of a
+            // shape, or one right after another).
+            await standbysSettled();
+            samples.noStandby.push(await withoutStandbys(() => timedWarmStart(store, runDir, signal)));
+          }
+          log(
+            `warm-start ${i}/${n}: cold boot ${ms(samples.coldPaired.at(-1)!)} / warm ${ms(samples.warm.at(-1)!)} ms` +
+              (samples.noStandby.length > 0 ? ` (no standby ${ms(samples.noStandby.at(-1)!)} ms)` : ''),
+          );
         }
       }
 
@@ -148,6 +158,7 @@ export const persistenceGroup: BenchGroup = {
     results.push(resultOf(snapshotSizeRatio, samples.size));
     if (samples.warm.length > 0) results.push(resultOf(warmStart, samples.warm));
     if (samples.coldPaired.length > 0) results.push(resultOf(coldBootPaired, samples.coldPaired));
+    if (samples.noStandby.length > 0) results.push(resultOf(warmStartNoStandby, samples.noStandby));
     if (samples.afterPersist.length > 0) results.push(resultOf(warmStartAfterPersist, samples.afterPersist));
     if (samples.pooled.length > 0) results.push(resultOf(warmStartPooled, samples.pooled));
     if (samples.fork.length > 0) results.push(resultOf(fork16, samples.fork), resultOf(forkPss, samples.pss));
@@ -156,6 +167,18 @@ export const persistenceGroup: BenchGroup = {
 };
 
 /** One `KernelBooted.fromSnapshot` of the template, timed until it returns; the close after it is not. */
+/** Runs `work` with standby machines turned off (EVOLVM_QEMU_STANDBY=off), as they were before. */
+async function withoutStandbys<T>(work: () => Promise<T>): Promise<T> {
+  const before = process.env.EVOLVM_QEMU_STANDBY;
+  process.env.EVOLVM_QEMU_STANDBY = 'off';
+  try {
+    return await work();
+  } finally {
+    if (before === undefined) delete process.env.EVOLVM_QEMU_STANDBY;
+    else process.env.EVOLVM_QEMU_STANDBY = before;
+  }
+}
+
 async function timedWarmStart(store: FsSnapshotStore, runDir: string, signal: AbortSignal): Promise<number> {
   const start = performance.now();
   const restored = await KernelBooted.fromSnapshot(store, TEMPLATE, { runDir }, { signal });

@@ -85,6 +85,9 @@ export const warmStartStagesGroup: BenchGroup = {
           }
         }
         if (wantCode) {
+          // Like every warm start measured here, in the library's steady state: the standby machine the runtime
+          // restore asked for is up (warm-start-no-standby measures a restore without one).
+          await standbysSettled();
           const warm = performance.now();
           const restored = await UserCodeLoaded.fromSnapshot(store, 'code', { runDir }, { signal });
           try {
