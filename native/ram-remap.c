@@ -31,14 +31,17 @@
 /* An error message longer than its buffer is cut there, on purpose. */
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 
-/* The one mapping of `path` in this process (start and length); false when there is none or more than one. */
+/*
+ * The mapping of `path` in this process (start and length): one range, which the kernel may list as several
+ * adjacent entries; false when there is none or it has gaps.
+ */
 static bool find_mapping(const char *path, uintptr_t *start, size_t *length)
 {
 	FILE *maps = fopen("/proc/self/maps", "re");
 	if (!maps)
 		return false;
 	char line[REQUEST_MAX + 256];
-	int found = 0;
+	unsigned long lowest = 0, highest = 0, total = 0;
 	while (fgets(line, sizeof line, maps)) {
 		unsigned long from, to;
 		int name_at = 0;
@@ -48,12 +51,18 @@ static bool find_mapping(const char *path, uintptr_t *start, size_t *length)
 		name[strcspn(name, "\n")] = '\0';
 		if (strcmp(name, path) != 0)
 			continue;
-		*start = from;
-		*length = to - from;
-		found++;
+		if (total == 0 || from < lowest)
+			lowest = from;
+		if (to > highest)
+			highest = to;
+		total += to - from;
 	}
 	fclose(maps);
-	return found == 1;
+	if (total == 0 || total != highest - lowest)
+		return false;
+	*start = lowest;
+	*length = total;
+	return true;
 }
 
 /* Maps `image` over the mapping of `placeholder`; a message in `error` when it cannot. */
@@ -62,7 +71,7 @@ static bool remap(const char *placeholder, const char *image, char *error, size_
 	uintptr_t start;
 	size_t length;
 	if (!find_mapping(placeholder, &start, &length)) {
-		snprintf(error, error_size, "no single mapping of %s", placeholder);
+		snprintf(error, error_size, "no mapping (or one with gaps) of %s", placeholder);
 		return false;
 	}
 	int fd = open(image, O_RDONLY | O_CLOEXEC);
@@ -86,6 +95,9 @@ static bool remap(const char *placeholder, const char *image, char *error, size_
 		snprintf(error, error_size, "mmap %s: %s", image, strerror(saved));
 		return false;
 	}
+	/* What QEMU advises on every RAM block it maps (ram_block_add), which a new mapping does not inherit. */
+	madvise(at, length, MADV_DONTFORK);
+	madvise(at, length, MADV_HUGEPAGE);
 	return true;
 }
 
