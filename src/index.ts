@@ -1,6 +1,6 @@
 export * from './errors.js';
 export { Machine, type BootOptions } from './qemu/machine.js';
-export { closeStandbyMachines } from './qemu/standby-machines.js';
+export { closeStandbyMachines, standbysSettled } from './qemu/standby-machines.js';
 export { MachineConfigSchema, parseMachineConfig, RestoreConfigSchema, type MachineConfig, type MachineConfigInput, type RestoreConfigInput } from './qemu/config.js';
 export type { ExecOptions, ExecResult, FileReadOptions, FileWriteOptions } from './qemu/agent/guest-ops.js';
 export type { GuestHello } from './qemu/agent/messages.js';

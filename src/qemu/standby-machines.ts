@@ -133,7 +133,10 @@ function startMissingStandbys(): void {
   }
 }
 
-/** Stops every standby machine and forgets the wanted shapes (until the next restore). */
+/**
+ * Stops every standby machine and forgets the wanted shapes (until the next restore). Safe to call at any time;
+ * a restore under way is not affected (a standby it took is its own).
+ */
 export async function closeStandbyMachines(): Promise<void> {
   clearTimeout(quietTimer);
   finishQuiet();
