@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -151,6 +152,12 @@ describe('standby machines (a QEMU started ahead, bound to a snapshot at restore
     expect((error as Error).message).toMatch(/holds 4096 bytes/);
     for (let i = 0; i < 50 && qemuProcessesUnder(runDir).length > before; i++) await new Promise((resolve) => setTimeout(resolve, 20));
     expect(qemuProcessesUnder(runDir)).toHaveLength(before);
+  });
+
+  it('keeps a Node process that awaits only standbysSettled alive until the standby is up', async () => {
+    const child = fileURLToPath(new URL('./standby-settled-child.ts', import.meta.url));
+    const output = execFileSync(process.execPath, ['--import', 'tsx', child, runDir], { encoding: 'utf8', timeout: 30_000 });
+    expect(output).toContain('settled with 1 standby');
   });
 
   it('does not start one with EVOLVM_QEMU_STANDBY=off, and closeStandbyMachines stops them all', async () => {
