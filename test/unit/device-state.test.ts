@@ -1,14 +1,18 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { loadDeviceState } from '../../src/qemu/device-state.js';
 import { QmpClient } from '../../src/qemu/qmp/index.js';
 import { FakeQmpPeer } from './qmp-fake-peer.js';
 
 // A fake QEMU for the restore's device-state load: QMP from FakeQmpPeer, and an incoming-migration socket that
 // reads the stream. The real load is tested on real guests (persist.test.ts); this is about how the stream ends.
+const work = mkdtempSync(join(tmpdir(), 'evolvm-device-state-'));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
 let peer: FakeQmpPeer | undefined;
 let client: QmpClient | undefined;
 let incoming: Server | undefined;
@@ -77,8 +81,7 @@ describe('the device-state load of a restore', () => {
   });
 });
 
+/** A fresh folder under the file's own, which is removed after the file. */
 async function tempDir(): Promise<string> {
-  const { mkdtemp } = await import('node:fs/promises');
-  const { tmpdir } = await import('node:os');
-  return mkdtemp(join(tmpdir(), 'evolvm-device-state-'));
+  return mkdtemp(join(work, 'round-'));
 }
