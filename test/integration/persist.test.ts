@@ -420,10 +420,14 @@ describe('tampered snapshots', () => {
   it("refuses a manifest whose evolvm fields (extra) are damaged with SnapshotCorruptError naming the field, starting nothing", async () => {
     const before = qemuProcessesUnder(runDir).length;
     const copy = await copyWithManifest<{ extra: Record<string, unknown> }>('booted', (draft) => ({ ...draft, extra: { ...draft.extra, cpus: 'two' } }));
-    const error = await KernelBooted.fromSnapshot(copy.store, copy.id, { runDir }, { hostFunctions: [echo] }).catch((e: unknown) => e);
-    expect(error).toMatchObject({ code: 'SNAPSHOT_CORRUPT', reason: 'manifest-schema', field: 'extra.cpus' });
-    expect(qemuProcessesUnder(runDir)).toHaveLength(before);
-    expect(readdirSync(join(copy.store.root, '.locks')).filter((f) => f.includes('.lease-'))).toEqual([]);
+    try {
+      const error = await KernelBooted.fromSnapshot(copy.store, copy.id, { runDir }, { hostFunctions: [echo] }).catch((e: unknown) => e);
+      expect(error).toMatchObject({ code: 'SNAPSHOT_CORRUPT', reason: 'manifest-schema', field: 'extra.cpus' });
+      expect(qemuProcessesUnder(runDir)).toHaveLength(before);
+      expect(readdirSync(join(copy.store.root, '.locks')).filter((f) => f.includes('.lease-'))).toEqual([]);
+    } finally {
+      rmSync(copy.store.root, { recursive: true, force: true });
+    }
   });
 
   it('refuses a snapshot a live process is deleting, stopping the QEMU it started beside the lease', async () => {
