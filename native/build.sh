@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 mkdir -p out
-cc -O2 -shared -fPIC -Wall -Wextra -Werror -pthread -o out/libevolvm-idle-malloc-trim.so.tmp idle-malloc-trim.c -ldl
+cc -O2 -shared -fPIC -Wall -Wextra -Werror -pthread -o out/libevolvm-idle-malloc-trim.so.tmp idle-malloc-trim.c quiet-thread.c -ldl
 mv out/libevolvm-idle-malloc-trim.so.tmp out/libevolvm-idle-malloc-trim.so
-cc -O2 -shared -fPIC -Wall -Wextra -Werror -pthread -o out/libevolvm-qemu-zygote.so.tmp qemu-zygote.c zygote-pages.c ram-remap.c -ldl
+cc -O2 -shared -fPIC -Wall -Wextra -Werror -pthread -o out/libevolvm-qemu-zygote.so.tmp qemu-zygote.c zygote-pages.c ram-remap.c quiet-thread.c -ldl
 mv out/libevolvm-qemu-zygote.so.tmp out/libevolvm-qemu-zygote.so
 echo "[native] built native/out/libevolvm-idle-malloc-trim.so and native/out/libevolvm-qemu-zygote.so"

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
+#include "quiet-thread.h"
 
 #define QUIET_MS 100
 
@@ -110,18 +111,8 @@ int malloc_trim(size_t pad)
 	requested_at = now_ms();
 	requested_pad = pad;
 	if (!trimmer_started) {
-		/* All signals blocked in the new thread, as QEMU does for its own: they belong to QEMU's threads. */
-		sigset_t all, old;
-		sigfillset(&all);
-		pthread_sigmask(SIG_SETMASK, &all, &old);
-		pthread_t thread;
-		pthread_attr_t attr;
-		pthread_attr_init(&attr);
-		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 		/* If it cannot start, nothing is trimmed until a later call starts it: slower memory return, no harm. */
-		trimmer_started = pthread_create(&thread, &attr, trimmer, NULL) == 0;
-		pthread_attr_destroy(&attr);
-		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		trimmer_started = start_quiet_thread(trimmer, NULL);
 	} else {
 		pthread_cond_signal(&wake);
 	}

@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include "quiet-thread.h"
 #include "ram-remap.h"
 
 #define REQUEST_MAX 8192
@@ -164,19 +165,8 @@ void ram_remap_listen_if_asked(void)
 		close(listener);
 		return;
 	}
-	/* All signals blocked in the new thread, as QEMU does for its own: they belong to QEMU's threads. */
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	pthread_t thread;
-	pthread_attr_t attributes;
-	pthread_attr_init(&attributes);
-	pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
-	pthread_attr_setstacksize(&attributes, 256 * 1024);
-	if (pthread_create(&thread, &attributes, listen_thread, (void *)(intptr_t)listener) != 0) {
+	if (!start_quiet_thread(listen_thread, (void *)(intptr_t)listener)) {
 		close(listener);
 		unlink(path);
 	}
-	pthread_attr_destroy(&attributes);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
 }

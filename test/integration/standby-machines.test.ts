@@ -26,6 +26,17 @@ async function standbyReady(): Promise<number> {
   return pids[0]!;
 }
 
+/** Restores 'booted' with `config` and checks that it ran in a QEMU of its own (not `standbyPid`), whole. */
+async function expectBootedWithoutStandby(config: { runDir: string; bootTimeoutMs?: number }, standbyPid: number): Promise<void> {
+  const restored = await KernelBooted.fromSnapshot(store, 'booted', config);
+  try {
+    expect(sandboxOf(restored).machine.pid).not.toBe(standbyPid);
+    expect(await stageMarkers(restored)).toEqual({ ram: ['in-ram-booted'], disk: ['disk-booted'] });
+  } finally {
+    await restored.close();
+  }
+}
+
 beforeAll(async () => {
   store = await FsSnapshotStore.open(storeDir);
   const booted = await KernelBooted.boot({ runDir });
@@ -83,13 +94,7 @@ describe('standby machines (a QEMU started ahead, bound to a snapshot at restore
   it('serves only its own shape: a restore with another machine config starts its own QEMU', async () => {
     await (await KernelBooted.fromSnapshot(store, 'booted', { runDir })).close();
     const standbyPid = await standbyReady();
-    const other = await KernelBooted.fromSnapshot(store, 'booted', { runDir, bootTimeoutMs: 59_000 });
-    try {
-      expect(sandboxOf(other).machine.pid).not.toBe(standbyPid);
-      expect(await stageMarkers(other)).toEqual({ ram: ['in-ram-booted'], disk: ['disk-booted'] });
-    } finally {
-      await other.close();
-    }
+    await expectBootedWithoutStandby({ runDir, bootTimeoutMs: 59_000 }, standbyPid);
   });
 
   it('is not used once a file its QEMU opened was replaced (a map), though the path and the content match', async () => {
@@ -130,13 +135,7 @@ describe('standby machines (a QEMU started ahead, bound to a snapshot at restore
     const standbyPid = await standbyReady();
     process.kill(standbyPid, 'SIGKILL');
     await new Promise((resolve) => setTimeout(resolve, 100));
-    const restored = await KernelBooted.fromSnapshot(store, 'booted', { runDir });
-    try {
-      expect(sandboxOf(restored).machine.pid).not.toBe(standbyPid);
-      expect(await stageMarkers(restored)).toEqual({ ram: ['in-ram-booted'], disk: ['disk-booted'] });
-    } finally {
-      await restored.close();
-    }
+    await expectBootedWithoutStandby({ runDir }, standbyPid);
   });
 
   it('a bind refused by QEMU (a RAM image smaller than RAM) is a typed error and leaves nothing', async () => {
